@@ -1,0 +1,1 @@
+"""gRPC servicers translating the proto contract to engine calls."""
