@@ -1,0 +1,152 @@
+"""The file-I/O seam of the partition log.
+
+Every byte the log writes to a ``.log`` file, every fsync, rename and directory entry goes
+through a :class:`FileIO`. Production uses :class:`OsFileIO`; the power-loss tests wrap it
+with a layer that remembers what was not yet fsynced and drops it at a simulated crash.
+Index files are memory-mapped and bypass the seam on purpose: they are derived data, rebuilt
+from the log for every segment that recovery scans.
+
+Concurrency: a :class:`LogFile` has one writer (the partition's append lock) and any number of
+readers using ``pread``, which never moves a shared file position.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+__all__ = ["FileIO", "LogFile", "OsFileIO", "OsLogFile"]
+
+
+class LogFile(Protocol):
+    """An append-only file addressed by byte position."""
+
+    path: Path
+
+    def size(self) -> int:
+        """Bytes in the file, including what is not yet fsynced."""
+        ...
+
+    def append(self, data: bytes | bytearray | memoryview) -> int:
+        """Write ``data`` at the end and return the position it starts at."""
+        ...
+
+    def pread(self, size: int, position: int) -> bytes:
+        """Read up to ``size`` bytes at ``position`` (short only at the end of the file)."""
+        ...
+
+    def fsync(self) -> None:
+        """Make every byte written so far durable."""
+        ...
+
+    def truncate(self, size: int) -> None:
+        """Cut the file to ``size`` bytes."""
+        ...
+
+    def close(self) -> None:
+        """Release the descriptor; reads after this fail."""
+        ...
+
+
+class FileIO(Protocol):
+    """File-system operations with explicit durability points."""
+
+    def open_log(self, path: Path, *, create: bool) -> LogFile:
+        """Open ``path`` for appends and reads; create it when ``create`` is true."""
+        ...
+
+    def fsync_dir(self, path: Path) -> None:
+        """Make the directory entries of ``path`` (creations, renames, deletions) durable."""
+        ...
+
+    def rename(self, source: Path, target: Path) -> None:
+        """Atomically replace ``target`` by ``source``; durable only after ``fsync_dir``."""
+        ...
+
+    def unlink(self, path: Path) -> None:
+        """Remove a file; missing files are ignored."""
+        ...
+
+    def write_atomic(self, path: Path, data: bytes) -> None:
+        """Replace ``path`` with ``data`` durably: temp file, fsync, rename, fsync directory."""
+        ...
+
+
+class OsLogFile:
+    """A :class:`LogFile` over a POSIX descriptor."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd = fd
+        self._size = os.fstat(fd).st_size
+
+    def size(self) -> int:
+        return self._size
+
+    def append(self, data: bytes | bytearray | memoryview) -> int:
+        position = self._size
+        view = memoryview(data)
+        written = 0
+        try:
+            while written < len(view):
+                written += os.pwrite(self._fd, view[written:], position + written)
+        except OSError:
+            # A short write must not leave half a batch behind: cut back to where we started.
+            os.ftruncate(self._fd, position)
+            raise
+        self._size = position + written
+        return position
+
+    def pread(self, size: int, position: int) -> bytes:
+        return os.pread(self._fd, size, position)
+
+    def fsync(self) -> None:
+        os.fsync(self._fd)
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self._fd, size)
+        self._size = size
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class OsFileIO:
+    """The real file system."""
+
+    def open_log(self, path: Path, *, create: bool) -> LogFile:
+        flags = os.O_RDWR | (os.O_CREAT if create else 0)
+        fd = os.open(path, flags, 0o644)
+        return OsLogFile(path, fd)
+
+    def fsync_dir(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def rename(self, source: Path, target: Path) -> None:
+        os.replace(source, target)
+
+    def unlink(self, path: Path) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def write_atomic(self, path: Path, data: bytes) -> None:
+        temp = path.with_name(path.name + ".tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.rename(temp, path)
+        self.fsync_dir(path.parent)

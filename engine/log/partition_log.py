@@ -1,0 +1,646 @@
+"""The log of one partition: an ordered list of segments in one directory.
+
+Directory layout (see docs/storage-format.md)::
+
+    <data>/<topic>-<n>/
+        00000000000000000000.log / .index / .timeindex    sealed segments
+        00000000000000052311.log / .index / .timeindex    the active segment (last)
+        recovery-point.checkpoint                         every segment below it is fsynced
+        .clean_shutdown                                   present only after an orderly close
+        quarantine/                                       damaged byte ranges cut from segments
+
+Invariants:
+- offsets strictly increase across segments; the active segment is the only one written;
+- ``high_watermark`` is the end of what is durable by the topic's ``durability`` setting:
+  under ``fsync`` only fsynced batches are visible to readers, so nothing a consumer saw can
+  vanish at power loss; under ``async`` it equals the log end offset;
+- an append is acknowledged only once it is below the high watermark.
+
+Concurrency: appends, rolls, truncation and retention hold ``_lock``. fsync runs outside it
+under ``_sync_lock`` (group commit: one fsync covers every append made while the previous one
+ran). Readers take no lock: they read a snapshot of the segment list and use ``pread``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno as errno_codes
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.clock import Clock, SystemClock
+from engine.config import TopicConfig
+from engine.errors import (
+    CorruptLogError,
+    DiskFullError,
+    LogReadOnlyError,
+    OffsetOutOfRangeError,
+    StorageError,
+)
+from engine.log.fileio import FileIO, OsFileIO
+from engine.log.files import (
+    CLEAN_SHUTDOWN_FILE,
+    DELETED_SUFFIX,
+    INDEX_SUFFIX,
+    LOG_SUFFIX,
+    RECOVERY_CHECKPOINT_FILE,
+    SWAP_SUFFIX,
+    TEMP_SUFFIX,
+    TIMEINDEX_SUFFIX,
+    parse_base_offset,
+)
+from engine.log.producer_state import ProducerStateManager
+from engine.log.recovery import RecoveryEvent, recover_segment
+from engine.log.segment import LogSegment, header_from_prefix
+from engine.records.batch import (
+    LOG_OVERHEAD,
+    RECORD_BATCH_OVERHEAD,
+    BatchHeader,
+    patch_base_offset,
+    set_log_append_time,
+    validate_produce_batch,
+    verify_crc,
+)
+from engine.records.errors import RecordError
+
+__all__ = ["AppendResult", "PartitionLog", "ReadResult"]
+
+log = logging.getLogger(__name__)
+
+_DISK_FULL_ERRNOS = {errno_codes.ENOSPC, errno_codes.EDQUOT}
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    base_offset: int
+    last_offset: int
+    log_append_time: int
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    """Whole stored batches; ``data`` is empty when ``offset`` is at the high watermark."""
+
+    data: bytes
+    high_watermark: int
+    log_start_offset: int
+
+
+@dataclass(slots=True)
+class _PendingDelete:
+    segment: LogSegment
+    due_monotonic: float
+
+
+@dataclass(slots=True)
+class RecoveryReport:
+    clean: bool
+    segments_scanned: int = 0
+    bytes_scanned: int = 0
+    events: list[RecoveryEvent] = field(default_factory=list)
+
+
+class PartitionLog:
+    """Append, read and maintain one partition's segments. Use :meth:`open`."""
+
+    def __init__(
+        self,
+        directory: Path,
+        config: TopicConfig,
+        fileio: FileIO,
+        clock: Clock,
+        segments: list[LogSegment],
+        recovery: RecoveryReport,
+    ) -> None:
+        self.directory = directory
+        self.config = config
+        self._fileio = fileio
+        self._clock = clock
+        self._segments = segments
+        self._bases = [s.base_offset for s in segments]
+        self.recovery = recovery
+        self._lock = threading.RLock()
+        self._sync_lock = threading.Lock()
+        self._data_arrived = threading.Condition(threading.Lock())
+        self._listeners: list[Callable[[], None]] = []
+        self._producers = ProducerStateManager()
+        self._next_offset = segments[-1].next_offset
+        self._log_start_offset = self._compute_log_start_offset()
+        self._high_watermark = self._next_offset
+        self._read_only_reason: str | None = None
+        self._pending_deletes: list[_PendingDelete] = []
+        self._last_flush_monotonic = clock.monotonic()
+        self._closed = False
+        self._rebuild_producer_state()
+
+    # ------------------------------------------------------------------ open / close
+
+    @classmethod
+    def open(
+        cls,
+        directory: Path,
+        config: TopicConfig,
+        *,
+        fileio: FileIO | None = None,
+        clock: Clock | None = None,
+    ) -> PartitionLog:
+        """Open (creating if needed) the partition in ``directory``, recovering if unclean."""
+        fileio = fileio or OsFileIO()
+        clock = clock or SystemClock()
+        directory.mkdir(parents=True, exist_ok=True)
+        clean_marker = directory / CLEAN_SHUTDOWN_FILE
+        clean = clean_marker.exists()
+        bases = _list_segments(directory, fileio)
+        report = RecoveryReport(clean=clean)
+        segments: list[LogSegment] = []
+        if not bases:
+            segments.append(LogSegment.create(directory, 0, config, fileio, clock.now_ms()))
+            fileio.fsync_dir(directory)
+        else:
+            recovery_point = 0 if clean else _read_checkpoint(directory)
+            for i, base in enumerate(bases):
+                is_last = i == len(bases) - 1
+                needs_scan = not clean and (base >= recovery_point or is_last)
+                segment = LogSegment.open(
+                    directory, base, config, fileio, writable=is_last, rebuild=needs_scan
+                )
+                if segment.needs_recovery and not needs_scan:
+                    log.warning("segment %s needs recovery: %s", base, segment.needs_recovery)
+                    needs_scan = True
+                if needs_scan:
+                    min_offset = segments[-1].next_offset if segments else base
+                    report.segments_scanned += 1
+                    report.bytes_scanned += segment.size
+                    report.events.extend(
+                        recover_segment(segment, fileio, is_last=is_last, min_offset=min_offset)
+                    )
+                    segment.flush()
+                if not is_last:
+                    segment.seal()
+                segments.append(segment)
+        if clean:
+            fileio.unlink(clean_marker)
+            fileio.fsync_dir(directory)
+        partition = cls(directory, config, fileio, clock, segments, report)
+        if not clean:
+            partition._write_checkpoint(segments[-1].base_offset)
+        return partition
+
+    def close(self) -> None:
+        """Flush everything and mark the shutdown clean so the next open skips recovery."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._read_only_reason is None:
+                self._flush_all()
+                active = self._segments[-1]
+                active.offset_index.trim()
+                active.time_index.trim()
+                self._fileio.write_atomic(self.directory / CLEAN_SHUTDOWN_FILE, b"")
+            for segment in self._segments:
+                segment.close()
+            for pending in self._pending_deletes:
+                pending.segment.delete_files(self._fileio)
+            self._pending_deletes.clear()
+
+    def abandon(self) -> None:
+        """Release descriptors without flushing or marking clean (what a crash leaves behind)."""
+        with self._lock:
+            self._closed = True
+            for segment in self._segments:
+                segment.close()
+
+    # ------------------------------------------------------------------ properties
+
+    def _compute_log_start_offset(self) -> int:
+        for segment in self._segments:
+            header = segment.first_header()
+            if header is not None:
+                return header.header.base_offset
+        return self._segments[-1].next_offset
+
+    @property
+    def log_start_offset(self) -> int:
+        return self._log_start_offset
+
+    @property
+    def log_end_offset(self) -> int:
+        return self._next_offset
+
+    @property
+    def high_watermark(self) -> int:
+        return self._high_watermark
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(s.size for s in self._segments)
+
+    @property
+    def segment_count(self) -> int:
+        return len(self._segments)
+
+    @property
+    def read_only_reason(self) -> str | None:
+        return self._read_only_reason
+
+    @property
+    def producer_count(self) -> int:
+        return len(self._producers)
+
+    # ------------------------------------------------------------------ append
+
+    def append(self, batch: bytes | bytearray | memoryview) -> AppendResult:
+        """Validate, deduplicate, assign offsets and store one batch; durable before return.
+
+        The records are not decoded: the header, the length and the CRC are checked and the
+        base offset is patched in place (the CRC does not cover it).
+        """
+        header = validate_produce_batch(batch, self.config.max_message_bytes)
+        with self._lock:
+            self._check_writable()
+            duplicate = self._producers.check(header)
+            if duplicate is not None:
+                result = AppendResult(duplicate.base_offset, duplicate.last_offset, -1, True)
+            else:
+                result = self._append_locked(bytearray(batch), header)
+        self._await_durable(result.last_offset + 1)
+        return result
+
+    def _append_locked(self, data: bytearray, header: BatchHeader) -> AppendResult:
+        base_offset = self._next_offset
+        now_ms = self._clock.now_ms()
+        patch_base_offset(data, 0, base_offset)
+        log_append_time = -1
+        if self.config.message_timestamp_type == "LogAppendTime":
+            set_log_append_time(data, 0, now_ms)
+            log_append_time = now_ms
+        stored = _rebased(header, base_offset, log_append_time)
+        self._maybe_roll(stored.size, now_ms)
+        segment = self._segments[-1]
+        try:
+            segment.append(data, stored)
+        except OSError as exc:
+            raise self._storage_error("append to", segment.log.path, exc) from exc
+        self._next_offset = stored.next_offset
+        self._producers.update(stored, base_offset)
+        if self.config.durability != "fsync":
+            self._advance_high_watermark(self._next_offset)
+        return AppendResult(base_offset, stored.last_offset, log_append_time)
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise StorageError(f"partition {self.directory.name} is closed", str(self.directory))
+        if self._read_only_reason is not None:
+            raise LogReadOnlyError(
+                f"partition {self.directory.name} is read-only: {self._read_only_reason}; "
+                "restart the broker to run recovery",
+                str(self.directory),
+            )
+
+    def _storage_error(self, action: str, path: Path, exc: OSError) -> StorageError:
+        if exc.errno in _DISK_FULL_ERRNOS:
+            return DiskFullError(
+                f"cannot {action} {path}: disk full; nothing was stored, retry once space is freed",
+                str(path),
+                exc.errno,
+            )
+        return StorageError(f"cannot {action} {path}: {exc.strerror}", str(path), exc.errno)
+
+    def _maybe_roll(self, incoming_bytes: int, now_ms: int) -> None:
+        active = self._segments[-1]
+        if active.size == 0:
+            return
+        too_big = active.size + incoming_bytes > self.config.segment_bytes
+        too_old = now_ms - active.rolling_base_ms > self.config.segment_ms
+        offsets_overflow = self._next_offset - active.base_offset > 2**31 - 2**20
+        if too_big or too_old or offsets_overflow or active.indexes_full():
+            self.roll()
+
+    def roll(self) -> None:
+        """Seal the active segment and start a new one at the log end offset."""
+        with self._lock:
+            active = self._segments[-1]
+            if active.size == 0:
+                return
+            with self._sync_lock:
+                try:
+                    active.flush()
+                except OSError as exc:
+                    self._fail_read_only(f"fsync failed while rolling: {exc}")
+                    raise self._storage_error("fsync", active.log.path, exc) from exc
+                self._advance_high_watermark(self._next_offset)
+            active.seal()
+            try:
+                segment = LogSegment.create(
+                    self.directory, self._next_offset, self.config, self._fileio,
+                    self._clock.now_ms(),
+                )
+                self._fileio.fsync_dir(self.directory)
+            except OSError as exc:
+                raise self._storage_error("create a segment in", self.directory, exc) from exc
+            self._segments = [*self._segments, segment]
+            self._bases = [*self._bases, segment.base_offset]
+            self._write_checkpoint(segment.base_offset)
+
+    # ------------------------------------------------------------------ durability
+
+    def _await_durable(self, end_offset: int) -> None:
+        """Group commit: return once ``end_offset`` is below the high watermark."""
+        if self._high_watermark >= end_offset:
+            return
+        with self._sync_lock:
+            if self._high_watermark >= end_offset:
+                return
+            with self._lock:
+                target = self._next_offset
+                segment = self._segments[-1]
+                self._check_writable()
+            try:
+                segment.log.fsync()
+            except OSError as exc:
+                self._fail_read_only(f"fsync failed: {exc}")
+                raise LogReadOnlyError(
+                    f"fsync of {segment.log.path} failed ({exc.strerror}); the partition is "
+                    "now read-only and this write is not acknowledged",
+                    str(segment.log.path),
+                    exc.errno,
+                ) from exc
+            self._advance_high_watermark(target)
+            self._last_flush_monotonic = self._clock.monotonic()
+
+    def _fail_read_only(self, reason: str) -> None:
+        log.error("partition %s goes read-only: %s", self.directory, reason)
+        self._read_only_reason = reason
+
+    def _advance_high_watermark(self, offset: int) -> None:
+        if offset <= self._high_watermark:
+            return
+        self._high_watermark = offset
+        with self._data_arrived:
+            self._data_arrived.notify_all()
+        for listener in list(self._listeners):
+            listener()
+
+    def flush(self) -> None:
+        """fsync the active segment now (``durability=async`` topics call this every flush.ms)."""
+        self._await_durable(self._next_offset)
+        with self._sync_lock:
+            with self._lock:
+                self._check_writable()
+                target = self._next_offset
+                segment = self._segments[-1]
+            try:
+                segment.log.fsync()
+            except OSError as exc:
+                self._fail_read_only(f"fsync failed: {exc}")
+                raise self._storage_error("fsync", segment.log.path, exc) from exc
+            self._advance_high_watermark(target)
+            self._last_flush_monotonic = self._clock.monotonic()
+
+    def maybe_flush(self) -> bool:
+        """Flush when ``flush.ms`` has passed since the last fsync; True if it flushed."""
+        due = self._last_flush_monotonic + self.config.flush_ms / 1000.0
+        if self._clock.monotonic() < due or self._read_only_reason or self._closed:
+            return False
+        self.flush()
+        return True
+
+    def _flush_all(self) -> None:
+        with self._sync_lock:
+            for segment in self._segments:
+                segment.flush()
+            self._advance_high_watermark(self._next_offset)
+
+    def _write_checkpoint(self, recovery_point: int) -> None:
+        self._fileio.write_atomic(
+            self.directory / RECOVERY_CHECKPOINT_FILE, f"1\n{recovery_point}\n".encode()
+        )
+
+    # ------------------------------------------------------------------ waiting
+
+    def wait_for_data(self, offset: int, timeout_s: float) -> bool:
+        """Block until the high watermark passes ``offset`` or the timeout ends."""
+        with self._data_arrived:
+            return self._data_arrived.wait_for(lambda: self._high_watermark > offset, timeout_s)
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (from the appending thread) whenever the high watermark moves."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[], None]) -> None:
+        try:
+            self._listeners.remove(listener)
+        except ValueError:
+            pass
+
+    # ------------------------------------------------------------------ read
+
+    def read(self, offset: int, max_bytes: int) -> ReadResult:
+        """Whole batches from the one containing ``offset``, up to ``max_bytes``.
+
+        At least one batch is returned when one exists even if it is larger than ``max_bytes``,
+        so a consumer can always make progress. Every batch's CRC is checked: damaged bytes
+        are never served as valid.
+        """
+        segments = self._segments
+        bases = self._bases
+        high_watermark = self._high_watermark
+        log_start = self.log_start_offset
+        if offset < log_start or offset > high_watermark:
+            raise OffsetOutOfRangeError(offset, log_start, high_watermark)
+        index = max(0, bisect.bisect_right(bases, offset) - 1)
+        for segment in segments[index:]:
+            if segment.base_offset >= high_watermark:
+                break
+            try:
+                data = self._read_segment(segment, offset, max_bytes, high_watermark)
+            except OSError as exc:
+                if exc.errno == errno_codes.EBADF:
+                    # the segment was deleted by retention while we read it
+                    return self.read(max(offset, self.log_start_offset), max_bytes)
+                raise self._storage_error("read", segment.log.path, exc) from exc
+            if data:
+                return ReadResult(data, high_watermark, log_start)
+        return ReadResult(b"", high_watermark, log_start)
+
+    def _read_segment(
+        self, segment: LogSegment, offset: int, max_bytes: int, high_watermark: int
+    ) -> bytes:
+        start = segment.find_position(offset)
+        if start is None or start.header.base_offset >= high_watermark:
+            return b""
+        size = max(max_bytes, start.header.size)
+        data = segment.read(start.position, size)
+        view = memoryview(data)
+        limit = self.config.max_message_bytes + LOG_OVERHEAD
+        end = 0
+        while end + RECORD_BATCH_OVERHEAD <= len(data):
+            header = header_from_prefix(view, limit, end)
+            if header is None or end + header.size > len(data):
+                if header is None and end == 0:
+                    raise CorruptLogError(str(segment.log.path), start.position, "bad batch header")
+                break
+            if header.base_offset >= high_watermark:
+                break
+            try:
+                verify_crc(view, end, header)
+            except RecordError as exc:
+                if end == 0:
+                    raise CorruptLogError(str(segment.log.path), start.position, str(exc)) from exc
+                break
+            end += header.size
+        view.release()
+        return data[:end] if end != len(data) else data
+
+    def offset_for_time(self, timestamp: int) -> int | None:
+        """The first offset of the first batch whose max timestamp is >= ``timestamp``."""
+        high_watermark = self._high_watermark
+        for segment in self._segments:
+            if segment.largest_timestamp < timestamp:
+                continue
+            found = segment.find_offset_for_time(timestamp)
+            if found is not None and found.header.base_offset < high_watermark:
+                return found.header.base_offset
+        return None
+
+    # ------------------------------------------------------------------ maintenance
+
+    def _rebuild_producer_state(self) -> None:
+        self._producers.clear()
+        for segment in self._segments:
+            for item in segment.iter_headers(0):
+                if item.header.producer_id >= 0:
+                    self._producers.update(item.header, item.header.base_offset)
+
+    def apply_retention(self) -> int:
+        """Delete whole sealed segments past ``retention.ms`` / ``retention.bytes``."""
+        if not self.config.delete:
+            self._finish_pending_deletes()
+            return 0
+        now_ms = self._clock.now_ms()
+        removed: list[LogSegment] = []
+        with self._lock:
+            segments = self._segments
+            total = sum(s.size for s in segments)
+            keep_from = 0
+            for segment in segments[:-1]:
+                expired = (
+                    self.config.retention_ms >= 0
+                    and segment.largest_timestamp >= 0
+                    and now_ms - segment.largest_timestamp > self.config.retention_ms
+                )
+                oversize = (
+                    self.config.retention_bytes >= 0
+                    and total - segment.size >= self.config.retention_bytes
+                )
+                if not (expired or oversize):
+                    break
+                total -= segment.size
+                keep_from += 1
+                removed.append(segment)
+            if removed:
+                self._segments = segments[keep_from:]
+                self._bases = self._bases[keep_from:]
+                self._log_start_offset = self._compute_log_start_offset()
+        due = self._clock.monotonic() + 30.0
+        for segment in removed:
+            log.info("retention deletes segment %s", segment.log.path)
+            self._pending_deletes.append(_PendingDelete(segment, due))
+        self._finish_pending_deletes()
+        return len(removed)
+
+    def _finish_pending_deletes(self) -> None:
+        now = self._clock.monotonic()
+        still: list[_PendingDelete] = []
+        for pending in self._pending_deletes:
+            if pending.due_monotonic <= now:
+                pending.segment.delete_files(self._fileio)
+            else:
+                still.append(pending)
+        deleted = len(self._pending_deletes) - len(still)
+        self._pending_deletes = still
+        if deleted:
+            self._fileio.fsync_dir(self.directory)
+
+    def segments(self) -> list[LogSegment]:
+        """A snapshot of the segment list (oldest first)."""
+        return list(self._segments)
+
+    def replace_segments(self, old: list[LogSegment], new: list[LogSegment]) -> None:
+        """Swap cleaned segments in for ``old`` (compaction); ``old`` must be a sealed prefix run."""
+        with self._lock:
+            current = self._segments
+            start = current.index(old[0])
+            if current[start : start + len(old)] != old:
+                raise ValueError("segments changed during compaction")
+            self._segments = [*current[:start], *new, *current[start + len(old) :]]
+            self._bases = [s.base_offset for s in self._segments]
+            self._log_start_offset = self._compute_log_start_offset()
+        due = self._clock.monotonic() + 30.0
+        for segment in old:
+            self._pending_deletes.append(_PendingDelete(segment, due))
+
+    def delete(self) -> None:
+        """Remove the partition's files (topic deletion)."""
+        self.abandon()
+        for path in sorted(self.directory.rglob("*"), reverse=True):
+            if path.is_dir():
+                path.rmdir()
+            else:
+                path.unlink()
+        self.directory.rmdir()
+
+
+def _rebased(header: BatchHeader, base_offset: int, log_append_time: int) -> BatchHeader:
+    """The header as stored: new base offset and, for LogAppendTime, the broker's timestamp."""
+    from dataclasses import replace
+
+    if log_append_time >= 0:
+        return replace(
+            header,
+            base_offset=base_offset,
+            max_timestamp=log_append_time,
+            attributes=header.attributes | 0x08,
+        )
+    return replace(header, base_offset=base_offset)
+
+
+def _list_segments(directory: Path, fileio: FileIO) -> list[int]:
+    """Base offsets of the ``.log`` files; leftovers of interrupted work are removed first."""
+    bases: set[int] = set()
+    derived: list[tuple[int, Path]] = []
+    for entry in os.scandir(directory):
+        name = entry.name
+        if name.endswith((TEMP_SUFFIX, DELETED_SUFFIX, SWAP_SUFFIX)):
+            fileio.unlink(Path(entry.path))
+            continue
+        base = parse_base_offset(name)
+        if base is None:
+            continue
+        if name.endswith(LOG_SUFFIX):
+            bases.add(base)
+        elif name.endswith((INDEX_SUFFIX, TIMEINDEX_SUFFIX)):
+            derived.append((base, Path(entry.path)))
+    for base, path in derived:
+        if base not in bases:
+            fileio.unlink(path)  # an index without its log is derived data with nothing to derive
+    return sorted(bases)
+
+
+def _read_checkpoint(directory: Path) -> int:
+    """The recovery point; anything unreadable means 'scan everything' (slow but safe)."""
+    try:
+        lines = (directory / RECOVERY_CHECKPOINT_FILE).read_text().split()
+        if len(lines) == 2 and lines[0] == "1":
+            value = int(lines[1])
+            if value >= 0:
+                return value
+    except (OSError, ValueError, UnicodeDecodeError):
+        pass
+    return 0

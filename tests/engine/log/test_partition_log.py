@@ -1,0 +1,302 @@
+"""Append, read, roll, reopen, recovery and producer dedup of one partition."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from engine.clock import ManualClock
+from engine.errors import (
+    CorruptLogError,
+    OffsetOutOfRangeError,
+    OutOfOrderSequenceError,
+    ProducerFencedError,
+)
+from engine.log.files import CLEAN_SHUTDOWN_FILE
+from engine.log.partition_log import PartitionLog
+from engine.records.batch import decode_batches
+from engine.records.errors import CorruptBatchError, InvalidBatchError
+
+from .conftest import make_batch
+
+Opener = Callable[..., PartitionLog]
+
+
+def read_all(log: PartitionLog, start: int = 0) -> list[tuple[int, bytes | None]]:
+    out: list[tuple[int, bytes | None]] = []
+    offset = max(start, log.log_start_offset)
+    while offset < log.high_watermark:
+        result = log.read(offset, 64 * 1024)
+        records = [r for r in decode_batches(result.data) if r.offset >= offset]
+        assert records, f"no progress at offset {offset}"
+        out.extend((r.offset, r.value) for r in records)
+        offset = records[-1].offset + 1
+    return out
+
+
+def test_empty_log(open_log: Opener) -> None:
+    log = open_log()
+    assert (log.log_start_offset, log.log_end_offset, log.high_watermark) == (0, 0, 0)
+    assert log.read(0, 1000).data == b""
+    with pytest.raises(OffsetOutOfRangeError):
+        log.read(1, 1000)
+    log.close()
+
+
+def test_append_assigns_offsets_and_reads_back(open_log: Opener) -> None:
+    log = open_log()
+    first = log.append(make_batch(10, tag=1))
+    second = log.append(make_batch(5, tag=2))
+    assert (first.base_offset, first.last_offset) == (0, 9)
+    assert (second.base_offset, second.last_offset) == (10, 14)
+    assert log.high_watermark == 15
+    records = read_all(log)
+    assert [o for o, _ in records] == list(range(15))
+    assert records[12][1] is not None and records[12][1].startswith(b"2:2:")
+    # reading from the middle of a batch returns the whole batch containing the offset
+    middle = list(decode_batches(log.read(12, 10).data))
+    assert middle[0].offset == 10
+    log.close()
+
+
+def test_read_respects_max_bytes_but_always_returns_one_batch(open_log: Opener) -> None:
+    log = open_log()
+    for tag in range(5):
+        log.append(make_batch(10, tag=tag))
+    one = log.read(0, 1)
+    assert [r.offset for r in decode_batches(one.data)] == list(range(10))
+    all_ = log.read(0, 10**6)
+    assert len(list(decode_batches(all_.data))) == 50
+    log.close()
+
+
+def test_rejects_bad_batches_and_stores_nothing(open_log: Opener) -> None:
+    log = open_log()
+    good = bytearray(make_batch(3))
+    flipped = bytearray(good)
+    flipped[-1] ^= 0x01
+    with pytest.raises(CorruptBatchError):
+        log.append(bytes(flipped))
+    with pytest.raises(InvalidBatchError):
+        log.append(bytes(good[:-5]))
+    with pytest.raises(InvalidBatchError):
+        log.append(b"")
+    assert log.log_end_offset == 0
+    assert log.append(bytes(good)).base_offset == 0
+    log.close()
+
+
+def test_reopen_after_clean_close(open_log: Opener) -> None:
+    log = open_log(segment_bytes=4096)
+    for tag in range(20):
+        log.append(make_batch(5, tag=tag))
+    before = read_all(log)
+    segments = log.segment_count
+    assert segments > 1
+    log.close()
+    reopened = open_log(segment_bytes=4096)
+    assert reopened.recovery.clean
+    assert reopened.segment_count == segments
+    assert reopened.log_end_offset == 100
+    assert read_all(reopened) == before
+    assert reopened.append(make_batch(1)).base_offset == 100
+    reopened.close()
+
+
+def test_unclean_reopen_recovers_everything_fsynced(open_log: Opener) -> None:
+    log = open_log(segment_bytes=4096)
+    for tag in range(20):
+        log.append(make_batch(5, tag=tag))
+    before = read_all(log)
+    log.abandon()
+    reopened = open_log(segment_bytes=4096)
+    assert not reopened.recovery.clean
+    assert reopened.recovery.events == []
+    assert read_all(reopened) == before
+    reopened.close()
+
+
+def test_torn_tail_is_truncated(open_log: Opener, tmp_path: Path) -> None:
+    log = open_log()
+    for tag in range(3):
+        log.append(make_batch(5, tag=tag))
+    path = log.segments()[-1].log.path
+    size = path.stat().st_size
+    log.abandon()
+    with open(path, "r+b") as f:
+        f.truncate(size - 7)
+    reopened = open_log()
+    assert reopened.log_end_offset == 10
+    assert [e.kind for e in reopened.recovery.events] == ["truncated"]
+    assert reopened.append(make_batch(2)).base_offset == 10
+    assert [o for o, _ in read_all(reopened)] == list(range(12))
+    reopened.close()
+
+
+def test_damage_in_the_middle_is_quarantined_not_deleted(open_log: Opener) -> None:
+    log = open_log()
+    batch_size = len(make_batch(5))
+    for tag in range(5):
+        log.append(make_batch(5, tag=tag))
+    path = log.segments()[-1].log.path
+    log.abandon()
+    with open(path, "r+b") as f:
+        f.seek(batch_size * 2 + 70)  # inside the third batch's records
+        f.write(b"\xff\xff\xff")
+    reopened = open_log()
+    events = reopened.recovery.events
+    assert [e.kind for e in events] == ["quarantined"]
+    assert events[0].length == batch_size
+    assert Path(events[0].quarantine_file).stat().st_size == batch_size
+    offsets = [o for o, _ in read_all(reopened)]
+    assert offsets == [*range(10), *range(15, 25)]
+    assert reopened.append(make_batch(1)).base_offset == 25
+    reopened.close()
+
+
+def test_corrupt_batch_is_never_served(open_log: Opener) -> None:
+    log = open_log()
+    batch_size = len(make_batch(5))
+    for tag in range(3):
+        log.append(make_batch(5, tag=tag))
+    path = log.segments()[-1].log.path
+    with open(path, "r+b") as f:
+        f.seek(batch_size + 80)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(CorruptLogError):
+        log.read(5, 10**6)
+    served = log.read(0, 10**6).data  # stops before the damaged batch
+    assert [r.offset for r in decode_batches(served)] == list(range(5))
+    log.close()
+
+
+def test_missing_and_garbage_indexes_are_rebuilt(open_log: Opener) -> None:
+    log = open_log(segment_bytes=8192, index_interval_bytes=0)
+    for tag in range(40):
+        log.append(make_batch(3, tag=tag))
+    before = read_all(log)
+    segments = log.segments()
+    log.close()
+    os.unlink(segments[0].offset_index.path)
+    with open(segments[1].offset_index.path, "r+b") as f:
+        f.write(os.urandom(64))
+    reopened = open_log(segment_bytes=8192, index_interval_bytes=0)
+    assert read_all(reopened) == before
+    for offset in (0, 7, 50, 119):
+        assert next(iter(decode_batches(reopened.read(offset, 1).data))).offset <= offset
+    reopened.close()
+
+
+def test_idempotent_producer_dedup_gap_and_fencing(open_log: Opener) -> None:
+    log = open_log()
+    b0 = make_batch(5, producer_id=7, producer_epoch=0, base_sequence=0)
+    b1 = make_batch(5, producer_id=7, producer_epoch=0, base_sequence=5)
+    assert log.append(b0).base_offset == 0
+    assert log.append(b1).base_offset == 5
+    dup = log.append(b0)
+    assert dup.duplicate and dup.base_offset == 0
+    with pytest.raises(OutOfOrderSequenceError):
+        log.append(make_batch(5, producer_id=7, producer_epoch=0, base_sequence=20))
+    assert log.append(make_batch(2, producer_id=7, producer_epoch=1, base_sequence=0)).base_offset == 10
+    with pytest.raises(ProducerFencedError):
+        log.append(make_batch(2, producer_id=7, producer_epoch=0, base_sequence=10))
+    assert log.log_end_offset == 12
+    log.abandon()
+    reopened = open_log()
+    # state is rebuilt from the log: the retry after a crash is still a duplicate
+    again = reopened.append(make_batch(2, producer_id=7, producer_epoch=1, base_sequence=0))
+    assert again.duplicate and again.base_offset == 10
+    reopened.close()
+
+
+def test_offset_for_time(open_log: Opener) -> None:
+    log = open_log(index_interval_bytes=0)
+    for i in range(10):
+        log.append(make_batch(4, tag=i, timestamp=1_000 + i * 100))
+    assert log.offset_for_time(0) == 0
+    assert log.offset_for_time(1_250) == 12
+    assert log.offset_for_time(1_300) == 12
+    assert log.offset_for_time(10_000) is None
+    log.close()
+
+
+def test_retention_by_bytes_and_time(open_log: Opener, clock: ManualClock) -> None:
+    log = open_log(segment_bytes=4096, retention_bytes=8192)
+    for tag in range(40):
+        log.append(make_batch(5, tag=tag, timestamp=clock.now_ms()))
+    assert log.segment_count > 3
+    deleted = log.apply_retention()
+    assert deleted > 0
+    assert log.size_bytes - log.segments()[0].size < 8192
+    start = log.log_start_offset
+    assert start > 0
+    with pytest.raises(OffsetOutOfRangeError):
+        log.read(0, 100)
+    assert read_all(log)[0][0] == start
+    log.close()
+
+    timed = open_log(segment_bytes=4096, retention_ms=60_000)
+    count = timed.segment_count
+    clock.advance(120_000)
+    assert timed.apply_retention() == count - 1
+    assert timed.segment_count == 1
+    timed.close()
+
+
+def test_long_poll_wakes_on_append(open_log: Opener) -> None:
+    log = open_log()
+    woke: list[bool] = []
+    waiter = threading.Thread(target=lambda: woke.append(log.wait_for_data(0, 5.0)))
+    waiter.start()
+    log.append(make_batch(1))
+    waiter.join(5.0)
+    assert woke == [True]
+    assert log.wait_for_data(1, 0.01) is False
+    log.close()
+
+
+def test_async_durability_acks_before_fsync_and_flush_syncs(
+    open_log: Opener, clock: ManualClock
+) -> None:
+    log = open_log(durability="async", flush_ms=1000)
+    log.append(make_batch(3))
+    assert log.high_watermark == 3
+    assert log.maybe_flush() is False
+    clock.advance(1001)
+    assert log.maybe_flush() is True
+    log.close()
+
+
+def test_clean_marker_written_and_removed(open_log: Opener, tmp_path: Path) -> None:
+    log = open_log()
+    log.append(make_batch(1))
+    log.close()
+    assert (tmp_path / "p-0" / CLEAN_SHUTDOWN_FILE).exists()
+    reopened = open_log()
+    assert not (tmp_path / "p-0" / CLEAN_SHUTDOWN_FILE).exists()
+    reopened.close()
+
+
+def test_concurrent_appends_group_commit(open_log: Opener) -> None:
+    log = open_log()
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def worker(tag: int) -> None:
+        for i in range(20):
+            r = log.append(make_batch(2, tag=tag * 100 + i))
+            with lock:
+                results.append(r.base_offset)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == list(range(0, 160, 2))
+    assert log.high_watermark == 160
+    log.close()
