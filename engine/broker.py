@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import threading
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -287,7 +288,9 @@ class Broker:
                     "treated alike (as Kafka does for metric names); choose another name"
                 )
             if len(self._topics) >= self.settings.max_topics:
-                raise InvalidTopicError(f"the broker holds its maximum of {self.settings.max_topics} topics")
+                raise InvalidTopicError(
+                    f"the broker holds its maximum of {self.settings.max_topics} topics"
+                )
             logs = [self._open_partition(name, n, topic_config) for n in range(partitions)]
             self._fileio.fsync_dir(self.data_dir)
             info = TopicInfo(name, partitions, topic_config, overrides)
@@ -305,13 +308,14 @@ class Broker:
             if topic is None:
                 raise UnknownTopicError(name)
             self._write_metadata()
-        for partition in topic.partitions:
+        # short unique names: "<topic>-<n>.deleted" could pass the 255-byte name limit
+        doomed = [self.data_dir / f"{uuid.uuid4().hex}{DELETED_SUFFIX}" for _ in topic.partitions]
+        for partition, target in zip(topic.partitions, doomed, strict=True):
             partition.abandon()
-            target = partition.directory.with_name(partition.directory.name + DELETED_SUFFIX)
             os.replace(partition.directory, target)
         self._fileio.fsync_dir(self.data_dir)
-        for partition in topic.partitions:
-            shutil.rmtree(partition.directory.with_name(partition.directory.name + DELETED_SUFFIX))
+        for target in doomed:
+            shutil.rmtree(target)
 
     def alter_topic_config(self, name: str, changes: Mapping[str, str | None]) -> TopicInfo:
         """Set (or with ``None``, reset to default) config keys; applies to open partitions."""

@@ -81,7 +81,7 @@ class DiskFullError(StorageError):
 
 
 class LogReadOnlyError(StorageError):
-    """An fsync failed: what reached the disk is unknown, so the partition stops accepting writes."""
+    """An fsync failed: what reached the disk is unknown, so the partition refuses writes."""
 
 
 class OffsetOutOfRangeError(EngineError):
@@ -156,7 +156,8 @@ class InvalidTopicError(TopicError):
 class UnknownPartitionError(TopicError):
     def __init__(self, topic: str, partition: int, partitions: int) -> None:
         super().__init__(
-            f"topic {topic!r} has partitions 0..{partitions - 1}; partition {partition} does not exist"
+            f"topic {topic!r} has partitions 0..{partitions - 1}; "
+            f"partition {partition} does not exist"
         )
         self.topic = topic
         self.partition = partition

@@ -12,6 +12,7 @@ readers using ``pread``, which never moves a shared file position.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Protocol
@@ -133,10 +134,8 @@ class OsFileIO:
         os.replace(source, target)
 
     def unlink(self, path: Path) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        except FileNotFoundError:
-            pass
 
     def write_atomic(self, path: Path, data: bytes) -> None:
         temp = path.with_name(path.name + ".tmp")

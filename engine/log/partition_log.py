@@ -24,12 +24,13 @@ ran). Readers take no lock: they read a snapshot of the segment list and use ``p
 from __future__ import annotations
 
 import bisect
+import contextlib
 import errno as errno_codes
 import logging
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from engine.clock import Clock, SystemClock
@@ -44,6 +45,7 @@ from engine.errors import (
 from engine.log.fileio import FileIO, OsFileIO
 from engine.log.files import (
     CLEAN_SHUTDOWN_FILE,
+    CLEANED_SUFFIX,
     DELETED_SUFFIX,
     INDEX_SUFFIX,
     LOG_SUFFIX,
@@ -180,8 +182,8 @@ class PartitionLog:
                         recover_segment(segment, fileio, is_last=is_last, min_offset=min_offset)
                     )
                     segment.flush()
-                if not is_last:
-                    segment.seal()
+                    if not is_last:
+                        segment.seal()
                 segments.append(segment)
         if clean:
             fileio.unlink(clean_marker)
@@ -434,10 +436,8 @@ class PartitionLog:
         self._listeners.append(listener)
 
     def remove_listener(self, listener: Callable[[], None]) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self._listeners.remove(listener)
-        except ValueError:
-            pass
 
     # ------------------------------------------------------------------ read
 
@@ -573,7 +573,7 @@ class PartitionLog:
         return list(self._segments)
 
     def replace_segments(self, old: list[LogSegment], new: list[LogSegment]) -> None:
-        """Swap cleaned segments in for ``old`` (compaction); ``old`` must be a sealed prefix run."""
+        """Swap cleaned segments in for ``old`` (compaction); ``old`` must be a sealed run."""
         with self._lock:
             current = self._segments
             start = current.index(old[0])
@@ -599,8 +599,6 @@ class PartitionLog:
 
 def _rebased(header: BatchHeader, base_offset: int, log_append_time: int) -> BatchHeader:
     """The header as stored: new base offset and, for LogAppendTime, the broker's timestamp."""
-    from dataclasses import replace
-
     if log_append_time >= 0:
         return replace(
             header,
@@ -617,7 +615,7 @@ def _list_segments(directory: Path, fileio: FileIO) -> list[int]:
     derived: list[tuple[int, Path]] = []
     for entry in os.scandir(directory):
         name = entry.name
-        if name.endswith((TEMP_SUFFIX, DELETED_SUFFIX, SWAP_SUFFIX)):
+        if name.endswith((TEMP_SUFFIX, DELETED_SUFFIX, SWAP_SUFFIX, CLEANED_SUFFIX)):
             fileio.unlink(Path(entry.path))
             continue
         base = parse_base_offset(name)

@@ -57,7 +57,7 @@ class ProducerStateManager:
         return len(self._producers)
 
     def check(self, header: BatchHeader) -> BatchMetadata | None:
-        """Return the original batch when ``header`` is a duplicate; raise when it cannot be taken."""
+        """The original batch when ``header`` is a duplicate; raises when it cannot be taken."""
         producer_id = header.producer_id
         if producer_id < 0:
             return None

@@ -261,9 +261,12 @@ class LogSegment:
             entry_offset, position = self.offset_index.lookup(offset)
             found = None
             for item in self.iter_headers(position):
-                if item.position == position and position > 0:
-                    if item.header.base_offset != entry_offset:
-                        break  # the index entry does not point at its batch
+                if (
+                    item.position == position
+                    and position > 0
+                    and item.header.base_offset != entry_offset
+                ):
+                    break  # the index entry does not point at its batch
                 if item.header.last_offset >= offset:
                     found = item
                     break

@@ -34,7 +34,9 @@ class UnsupportedMagicError(InvalidBatchError):
     """Only RecordBatch v2 (magic 2) is stored and served."""
 
     def __init__(self, magic: int, position: int = 0) -> None:
-        super().__init__(f"magic byte is {magic}, only RecordBatch v2 (magic 2) is supported", position)
+        super().__init__(
+            f"magic byte is {magic}, only RecordBatch v2 (magic 2) is supported", position
+        )
         self.magic = magic
 
 

@@ -56,7 +56,8 @@ def test_append_assigns_offsets_and_reads_back(open_log: Opener) -> None:
     assert log.high_watermark == 15
     records = read_all(log)
     assert [o for o, _ in records] == list(range(15))
-    assert records[12][1] is not None and records[12][1].startswith(b"2:2:")
+    assert records[12][1] is not None
+    assert records[12][1].startswith(b"2:2:")
     # reading from the middle of a batch returns the whole batch containing the offset
     middle = list(decode_batches(log.read(12, 10).data))
     assert middle[0].offset == 10
@@ -198,10 +199,12 @@ def test_idempotent_producer_dedup_gap_and_fencing(open_log: Opener) -> None:
     assert log.append(b0).base_offset == 0
     assert log.append(b1).base_offset == 5
     dup = log.append(b0)
-    assert dup.duplicate and dup.base_offset == 0
+    assert dup.duplicate
+    assert dup.base_offset == 0
     with pytest.raises(OutOfOrderSequenceError):
         log.append(make_batch(5, producer_id=7, producer_epoch=0, base_sequence=20))
-    assert log.append(make_batch(2, producer_id=7, producer_epoch=1, base_sequence=0)).base_offset == 10
+    new_epoch = make_batch(2, producer_id=7, producer_epoch=1, base_sequence=0)
+    assert log.append(new_epoch).base_offset == 10
     with pytest.raises(ProducerFencedError):
         log.append(make_batch(2, producer_id=7, producer_epoch=0, base_sequence=10))
     assert log.log_end_offset == 12
@@ -209,7 +212,8 @@ def test_idempotent_producer_dedup_gap_and_fencing(open_log: Opener) -> None:
     reopened = open_log()
     # state is rebuilt from the log: the retry after a crash is still a duplicate
     again = reopened.append(make_batch(2, producer_id=7, producer_epoch=1, base_sequence=0))
-    assert again.duplicate and again.base_offset == 10
+    assert again.duplicate
+    assert again.base_offset == 10
     reopened.close()
 
 
