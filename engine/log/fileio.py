@@ -103,7 +103,9 @@ class OsLogFile:
         return os.pread(self._fd, size, position)
 
     def fsync(self) -> None:
-        os.fsync(self._fd)
+        # fdatasync: data plus the metadata needed to read it back (the file size), without
+        # the timestamps that fsync would also write.
+        os.fdatasync(self._fd)
 
     def truncate(self, size: int) -> None:
         os.ftruncate(self._fd, size)

@@ -257,11 +257,16 @@ class PartitionLog:
 
     # ------------------------------------------------------------------ append
 
-    def append(self, batch: bytes | bytearray | memoryview) -> AppendResult:
-        """Validate, deduplicate, assign offsets and store one batch; durable before return.
+    def append(
+        self, batch: bytes | bytearray | memoryview, *, wait_durable: bool = True
+    ) -> AppendResult:
+        """Validate, deduplicate, assign offsets and store one batch.
 
         The records are not decoded: the header, the length and the CRC are checked and the
-        base offset is patched in place (the CRC does not cover it).
+        base offset is patched in place (the CRC does not cover it). With ``wait_durable``
+        (the default) the call returns once the batch is durable by the topic's setting; a
+        caller pipelining several batches passes False and calls :meth:`wait_durable` with
+        the last result's ``last_offset + 1``, so one fsync covers them all.
         """
         header = validate_produce_batch(batch, self.config.max_message_bytes)
         with self._lock:
@@ -271,8 +276,13 @@ class PartitionLog:
                 result = AppendResult(duplicate.base_offset, duplicate.last_offset, -1, True)
             else:
                 result = self._append_locked(bytearray(batch), header)
-        self._await_durable(result.last_offset + 1)
+        if wait_durable:
+            self._await_durable(result.last_offset + 1)
         return result
+
+    def wait_durable(self, end_offset: int) -> None:
+        """Return once every offset below ``end_offset`` is durable (and visible to readers)."""
+        self._await_durable(end_offset)
 
     def _append_locked(self, data: bytearray, header: BatchHeader) -> AppendResult:
         base_offset = self._next_offset

@@ -1,0 +1,1 @@
+"""Moldau: the Python client for the Moldau event streaming engine."""

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs of the moldau.v1 API (by scripts/gen_proto.py)."""

@@ -1,0 +1,190 @@
+"""The one place where errors become gRPC status codes.
+
+Tree of the errors raised by grpc_api itself (engine errors are in engine/errors.py)::
+
+    ApiError                     a request the servicer refuses before calling the engine
+    +-- InvalidRequestError      INVALID_ARGUMENT: a missing or contradictory field
+    +-- LimitExceededError       RESOURCE_EXHAUSTED: over a configured server limit
+    +-- NotReadyError            UNAVAILABLE: the broker is opening or shutting down
+
+Servicer methods are wrapped with :func:`unary_errors` or :func:`stream_errors`, which turn any
+exception into ``context.abort`` through :data:`STATUS_TABLE`: bad input never surfaces as
+INTERNAL or UNKNOWN. Only an exception no row matches is INTERNAL, and it is logged as a bug.
+Each row adds a hint to the engine's message saying what the caller can do about it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+
+from engine.errors import (
+    CorruptLogError,
+    DiskFullError,
+    EngineError,
+    InvalidConfigError,
+    InvalidTopicError,
+    LogReadOnlyError,
+    OffsetOutOfRangeError,
+    OutOfOrderSequenceError,
+    ProducerError,
+    ProducerFencedError,
+    StorageError,
+    TopicError,
+    TopicExistsError,
+    UnknownPartitionError,
+    UnknownTopicError,
+)
+from engine.records.errors import (
+    BatchTooLargeError,
+    CorruptBatchError,
+    InvalidBatchError,
+    RecordError,
+)
+
+__all__ = [
+    "STATUS_TABLE",
+    "ApiError",
+    "InvalidRequestError",
+    "LimitExceededError",
+    "NotReadyError",
+    "status_for",
+    "stream_errors",
+    "unary_errors",
+]
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """A request refused by the API layer; ``code`` is its gRPC status."""
+
+    code: Any = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class InvalidRequestError(ApiError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class LimitExceededError(ApiError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class NotReadyError(ApiError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+_S = grpc.StatusCode
+
+#: Exception class -> (status code, hint appended to the message). The most specific class in
+#: an exception's MRO wins, so a leaf row overrides its parent's.
+STATUS_TABLE: dict[type[BaseException], tuple[Any, str]] = {
+    # bad input
+    RecordError: (_S.INVALID_ARGUMENT, "send one valid RecordBatch v2 (magic 2)"),
+    InvalidBatchError: (_S.INVALID_ARGUMENT, "send one valid RecordBatch v2 (magic 2)"),
+    CorruptBatchError: (
+        _S.INVALID_ARGUMENT,
+        "the batch changed after its CRC was computed; re-encode it and resend",
+    ),
+    InvalidConfigError: (_S.INVALID_ARGUMENT, "fix the config key or value"),
+    TopicError: (_S.INVALID_ARGUMENT, ""),
+    InvalidTopicError: (_S.INVALID_ARGUMENT, ""),
+    # missing and existing things
+    UnknownTopicError: (_S.NOT_FOUND, "create it first or check the name with ListTopics"),
+    UnknownPartitionError: (_S.NOT_FOUND, "DescribeTopic lists the partitions"),
+    TopicExistsError: (_S.ALREADY_EXISTS, "choose another name or delete the topic first"),
+    # producer state
+    ProducerError: (_S.FAILED_PRECONDITION, ""),
+    OutOfOrderSequenceError: (
+        _S.FAILED_PRECONDITION,
+        "resend the missing batches in order, or restart the producer with a new producer id",
+    ),
+    ProducerFencedError: (
+        _S.FAILED_PRECONDITION,
+        "a newer instance of this producer is running; stop this one",
+    ),
+    # ranges and sizes
+    OffsetOutOfRangeError: (
+        _S.OUT_OF_RANGE,
+        "fetch from an offset inside that range (ListOffsets EARLIEST / LATEST)",
+    ),
+    BatchTooLargeError: (
+        _S.RESOURCE_EXHAUSTED,
+        "split the records into smaller batches or raise the topic's max.message.bytes",
+    ),
+    DiskFullError: (_S.RESOURCE_EXHAUSTED, ""),
+    # the broker's own storage
+    CorruptLogError: (
+        _S.DATA_LOSS,
+        "the stored bytes are damaged; restart the broker to recover the partition",
+    ),
+    LogReadOnlyError: (_S.UNAVAILABLE, ""),
+    StorageError: (_S.UNAVAILABLE, "the broker's storage refused the operation"),
+    EngineError: (_S.INTERNAL, ""),
+}
+
+
+def status_for(exc: BaseException) -> tuple[Any, str]:
+    """The gRPC status code and message for ``exc``; INTERNAL only for unmapped errors."""
+    if isinstance(exc, ApiError):
+        return exc.code, str(exc)
+    for cls in type(exc).__mro__:
+        row = STATUS_TABLE.get(cls)
+        if row is not None:
+            code, hint = row
+            message = str(exc) or type(exc).__name__
+            return code, f"{message}; {hint}" if hint else message
+    return _S.INTERNAL, f"internal error ({type(exc).__name__}); this is a bug, please report it"
+
+
+async def abort_with(context: Any, exc: BaseException) -> NoReturn:
+    """End the call with the status :func:`status_for` chooses for ``exc``."""
+    code, message = status_for(exc)
+    if code == _S.INTERNAL:
+        log.error("unexpected error in a request: %r", exc, exc_info=exc)
+    await context.abort(code, message)
+    raise AssertionError("context.abort returned")  # pragma: no cover  (it always raises)
+
+
+_Self = TypeVar("_Self")
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+
+
+def unary_errors(
+    method: Callable[[_Self, _Request, Any], Awaitable[_Response]],
+) -> Callable[[_Self, _Request, Any], Awaitable[_Response]]:
+    """Translate exceptions of a unary servicer method into its call status."""
+
+    @functools.wraps(method)
+    async def wrapper(self: _Self, request: _Request, context: Any) -> _Response:
+        try:
+            return await method(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # the translation boundary: every error maps to a status
+            await abort_with(context, exc)
+
+    return wrapper
+
+
+def stream_errors(
+    method: Callable[[_Self, _Request, Any], AsyncIterator[_Response]],
+) -> Callable[[_Self, _Request, Any], AsyncIterator[_Response]]:
+    """Translate exceptions of a response-streaming servicer method into its call status."""
+
+    @functools.wraps(method)
+    async def wrapper(self: _Self, request: _Request, context: Any) -> AsyncIterator[_Response]:
+        try:
+            async for item in method(self, request, context):
+                yield item
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # the translation boundary: every error maps to a status
+            await abort_with(context, exc)
+
+    return wrapper

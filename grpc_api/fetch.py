@@ -1,0 +1,260 @@
+"""FetchService: unary Fetch with long-poll, and the credit-based Subscribe push stream.
+
+Both serve stored batch bytes as ``Broker.read`` returns them (whole RecordBatch v2 batches,
+CRC-checked by the engine); a decoded Fetch decodes them here for thin clients. Neither polls:
+a reader with nothing to read waits on a :class:`~grpc_api.runtime.Watch`, which the partition's
+append listener wakes when the high watermark moves.
+
+Subscribe flow control: the client grants byte credit; each push spends the size of the batches
+it carries. A push never exceeds the remaining credit except when its first batch alone does,
+so a batch larger than any grant still gets through (the credit then drops to zero, not below).
+With no credit the server waits; when the client half-closes, no more credit can come, so the
+call ends once the credit is spent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import AsyncIterator
+
+from engine.errors import OffsetOutOfRangeError
+from engine.log.partition_log import PartitionLog, ReadResult
+from engine.records.batch import LAST_OFFSET_DELTA_OFFSET, LOG_OVERHEAD, decode_batch
+from engine.records.errors import BatchTooLargeError
+from grpc_api.admin import resolve_offset
+from grpc_api.errors import (
+    InvalidRequestError,
+    LimitExceededError,
+    NotReadyError,
+    stream_errors,
+    unary_errors,
+)
+from grpc_api.runtime import Runtime, Watch
+from moldau.v1 import fetch_pb2, fetch_pb2_grpc
+
+__all__ = ["FetchServicer", "batches_end_offset"]
+
+_BASE_AND_LENGTH = struct.Struct(">qi")
+_INT32 = struct.Struct(">i")
+
+
+def batches_end_offset(data: bytes) -> int | None:
+    """The offset after the last batch in ``data`` (whole batches), None when empty."""
+    end = None
+    position = 0
+    while position + LOG_OVERHEAD <= len(data):
+        base_offset, batch_length = _BASE_AND_LENGTH.unpack_from(data, position)
+        (last_offset_delta,) = _INT32.unpack_from(data, position + LAST_OFFSET_DELTA_OFFSET)
+        end = base_offset + last_offset_delta + 1
+        position += LOG_OVERHEAD + batch_length
+    return end
+
+
+class FetchServicer(fetch_pb2_grpc.FetchServiceServicer):
+    """Translates FetchService calls into ``Broker.read`` and partition watches."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    @unary_errors
+    async def Fetch(  # noqa: N802  (the RPC name from the proto)
+        self, request: fetch_pb2.FetchRequest, context: object
+    ) -> fetch_pb2.FetchResponse:
+        config = self._runtime.config
+        max_bytes = self._fetch_bytes(request.max_bytes)
+        if request.max_wait_ms < 0 or request.max_records < 0 or request.offset < 0:
+            raise InvalidRequestError("offset, max_wait_ms and max_records must not be negative")
+        if request.max_records > config.max_fetch_records:
+            raise LimitExceededError(
+                f"max_records {request.max_records} is over the server's max_fetch_records of "
+                f"{config.max_fetch_records}; ask for fewer"
+            )
+        broker = self._runtime.broker()
+        log = broker.partition(request.topic, request.partition)
+        wait_s = min(request.max_wait_ms, config.max_wait_ms) / 1000.0
+        if wait_s > 0 and request.offset == log.high_watermark:
+            await self._wait_for_data(request.topic, log, request.offset, wait_s)
+        result: ReadResult = await self._runtime.run(
+            broker.read, request.topic, request.partition, request.offset, max_bytes
+        )
+        response = fetch_pb2.FetchResponse(
+            high_watermark=result.high_watermark, log_start_offset=result.log_start_offset
+        )
+        end = batches_end_offset(result.data)
+        response.next_offset = request.offset if end is None else max(end, request.offset)
+        if not request.decoded:
+            response.record_batches = result.data
+            return response
+        limit = request.max_records or config.max_fetch_records
+        await self._runtime.run(_decode_into, response, result.data, request.offset, limit,
+                                config.max_fetch_bytes)
+        return response
+
+    def _fetch_bytes(self, requested: int) -> int:
+        config = self._runtime.config
+        if requested < 0:
+            raise InvalidRequestError(f"max_bytes must not be negative, got {requested}")
+        if requested > config.max_fetch_bytes:
+            raise LimitExceededError(
+                f"max_bytes {requested} is over the server's max_fetch_bytes of "
+                f"{config.max_fetch_bytes}; ask for less"
+            )
+        return requested or config.default_fetch_bytes
+
+    async def _wait_for_data(
+        self, topic: str, log: PartitionLog, offset: int, timeout_s: float
+    ) -> None:
+        """Long-poll: return when data past ``offset`` is readable, or at the timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        with self._runtime.watch(topic, log) as watch:
+            while True:
+                watch.clear()
+                remaining = deadline - loop.time()
+                if log.high_watermark > offset or remaining <= 0 or self._runtime.closing:
+                    return
+                await watch.wait(remaining)
+
+    @stream_errors
+    async def Subscribe(  # noqa: N802  (the RPC name from the proto)
+        self, request_iterator: AsyncIterator[fetch_pb2.SubscribeRequest], context: object
+    ) -> AsyncIterator[fetch_pb2.SubscribeResponse]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None:
+            return
+        if first.WhichOneof("request") != "start":
+            raise InvalidRequestError("the first Subscribe message must be `start`")
+        start = first.start
+        if start.credit_bytes < 0:
+            raise InvalidRequestError("credit_bytes must not be negative")
+        broker = self._runtime.broker()
+        log = broker.partition(start.topic, start.partition)
+        if start.WhichOneof("start_at") == "spec":
+            offset = await resolve_offset(self._runtime, start.topic, start.partition, start.spec)
+        else:
+            offset = start.offset
+        if not log.log_start_offset <= offset <= log.high_watermark:
+            raise OffsetOutOfRangeError(offset, log.log_start_offset, log.high_watermark)
+        session = _Subscription(self._runtime, start.topic, start.partition, log, offset)
+        session.credit = start.credit_bytes
+        with self._runtime.watch(start.topic, log) as watch:
+            credits = asyncio.create_task(session.read_credit(request_iterator, watch))
+            try:
+                yield fetch_pb2.SubscribeResponse(
+                    high_watermark=log.high_watermark,
+                    log_start_offset=log.log_start_offset,
+                    next_offset=offset,
+                )
+                while True:
+                    response = await session.next_push(watch)
+                    if response is None:
+                        return
+                    yield response
+            finally:
+                credits.cancel()
+
+
+class _Subscription:
+    """The state of one Subscribe call: position, credit, and whether more credit may come."""
+
+    def __init__(
+        self, runtime: Runtime, topic: str, partition: int, log: PartitionLog, offset: int
+    ) -> None:
+        self._runtime = runtime
+        self.topic = topic
+        self.partition = partition
+        self.log = log
+        self.offset = offset
+        self.credit = 0
+        self.client_done = False
+        self.error: Exception | None = None
+
+    async def read_credit(
+        self, request_iterator: AsyncIterator[fetch_pb2.SubscribeRequest], watch: Watch
+    ) -> None:
+        """Add granted credit as it arrives; note the client's half-close."""
+        try:
+            async for request in request_iterator:
+                if request.WhichOneof("request") != "credit_bytes" or request.credit_bytes < 0:
+                    raise InvalidRequestError(
+                        "after `start`, send only credit_bytes (a non-negative byte count)"
+                    )
+                self.credit += request.credit_bytes
+                watch.wake()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # surfaced on the response side, which owns the status
+            self.error = exc
+        self.client_done = True
+        watch.wake()
+
+    async def next_push(self, watch: Watch) -> fetch_pb2.SubscribeResponse | None:
+        """Wait until there is both credit and data, then read; None ends the call."""
+        max_push = self._runtime.config.max_fetch_bytes
+        while True:
+            watch.clear()
+            if self.error is not None:
+                raise self.error
+            if self._runtime.closing:
+                raise NotReadyError("the server is shutting down; subscribe again after restart")
+            broker = self._runtime.broker()
+            if broker.partition(self.topic, self.partition) is not self.log:
+                raise NotReadyError("the topic was deleted and recreated; subscribe again")
+            if self.credit <= 0 and self.client_done:
+                return None
+            if self.credit > 0 and self.offset < self.log.high_watermark:
+                result: ReadResult = await self._runtime.run(
+                    broker.read, self.topic, self.partition, self.offset,
+                    min(self.credit, max_push),
+                )
+                end = batches_end_offset(result.data)
+                if end is not None:
+                    self.credit = max(0, self.credit - len(result.data))
+                    self.offset = max(end, self.offset)
+                    return fetch_pb2.SubscribeResponse(
+                        record_batches=result.data,
+                        high_watermark=result.high_watermark,
+                        log_start_offset=result.log_start_offset,
+                        next_offset=self.offset,
+                    )
+            await watch.wait()
+
+
+def _decode_into(
+    response: fetch_pb2.FetchResponse,
+    data: bytes,
+    offset: int,
+    max_records: int,
+    max_decompressed_bytes: int,
+) -> None:
+    """Worker thread: decode batches into ``response.records`` from ``offset``, up to a count."""
+    position = 0
+    records = response.records
+    while position < len(data):
+        try:
+            header, decoded = decode_batch(
+                data, position, max_batch_bytes=len(data),
+                max_decompressed_bytes=max_decompressed_bytes,
+            )
+        except BatchTooLargeError as exc:
+            raise LimitExceededError(
+                f"a batch at byte {position} decompresses to more than the server's "
+                f"max_fetch_bytes ({exc}); fetch it undecoded (decoded=false)"
+            ) from exc
+        position += header.size
+        for record in decoded:
+            if record.offset < offset:
+                continue
+            if len(records) >= max_records:
+                response.next_offset = record.offset
+                return
+            stored = records.add(offset=record.offset, timestamp_ms=record.timestamp)
+            if record.key is not None:
+                stored.key = record.key
+            if record.value is not None:
+                stored.value = record.value
+            for header_ in record.headers:
+                added = stored.headers.add(key=header_.key)
+                if header_.value is not None:
+                    added.value = header_.value

@@ -1,0 +1,180 @@
+"""The broker server process: ``moldau serve`` / ``python -m grpc_api``.
+
+Lifecycle:
+
+1. bind and start gRPC with health NOT_SERVING, so probes get an answer during recovery;
+2. open the broker (recovering partitions) on a worker thread;
+3. health SERVING, print ``moldau serving on HOST:PORT (data: DIR)`` to stdout;
+4. on SIGTERM/SIGINT: health NOT_SERVING, wake waiting readers so they end, stop accepting
+   calls and give in-flight ones ``shutdown_grace_ms`` to finish, then close the broker (flush
+   and write the clean-shutdown marker) and exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from engine.broker import Broker, BrokerSettings
+from engine.errors import EngineError
+from grpc_api.admin import AdminServicer
+from grpc_api.config import ConfigError, ServerConfig, load_config
+from grpc_api.fetch import FetchServicer
+from grpc_api.produce import ProduceServicer
+from grpc_api.runtime import Runtime
+from moldau.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    fetch_pb2,
+    fetch_pb2_grpc,
+    produce_pb2,
+    produce_pb2_grpc,
+)
+
+__all__ = ["SERVICE_NAMES", "main", "serve"]
+
+log = logging.getLogger("moldau.server")
+
+#: Fully qualified names of the Moldau services, as health and reflection know them.
+SERVICE_NAMES: tuple[str, ...] = (
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    produce_pb2.DESCRIPTOR.services_by_name["ProduceService"].full_name,
+    fetch_pb2.DESCRIPTOR.services_by_name["FetchService"].full_name,
+)
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class _Health:
+    """The overall ("") and per-service health statuses, moved together."""
+
+    def __init__(self) -> None:
+        self.servicer: Any = health.aio.HealthServicer()
+
+    async def set_all(self, status: Any) -> None:
+        for name in ("", *SERVICE_NAMES):
+            await self.servicer.set(name, status)
+
+
+def build_server(runtime: Runtime, health_servicer: Any) -> Any:
+    """A grpc.aio server with the Moldau services, health and reflection registered."""
+    config = runtime.config
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", config.max_request_bytes),
+            ("grpc.max_send_message_length", -1),
+            # without this a second server could bind the same port and steal half the calls
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(runtime), server)
+    produce_pb2_grpc.add_ProduceServiceServicer_to_server(ProduceServicer(runtime), server)
+    fetch_pb2_grpc.add_FetchServiceServicer_to_server(FetchServicer(runtime), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    return server
+
+
+async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
+    """Run the server until ``stop`` is set (or SIGTERM/SIGINT); returns the exit code."""
+    stop = stop or asyncio.Event()
+    _install_signal_handlers(stop)
+    runtime = Runtime(config)
+    health_state = _Health()
+    await health_state.set_all(_NOT_SERVING)  # before start: the servicer defaults to SERVING
+    server = build_server(runtime, health_state.servicer)
+    try:
+        port = server.add_insecure_port(config.listen)
+    except RuntimeError as exc:
+        port = 0
+        log.debug("bind failed: %s", exc)
+    if not port:
+        print(f"moldau: cannot listen on {config.listen} (in use, or not a local address)",
+              file=sys.stderr, flush=True)
+        runtime.executor.shutdown()
+        return 1
+    await server.start()
+    try:
+        settings = BrokerSettings(default_overrides=dict(config.topic_defaults) or None)
+        broker = await runtime.run(lambda: Broker.open(config.data_dir, settings=settings))
+    except (EngineError, OSError) as exc:
+        print(f"moldau: cannot open the data directory {config.data_dir}: {exc}",
+              file=sys.stderr, flush=True)
+        await server.stop(0)
+        runtime.executor.shutdown()
+        return 1
+    runtime.set_broker(broker)
+    if not stop.is_set():  # a SIGTERM during recovery skips straight to shutdown
+        await health_state.set_all(_SERVING)
+        host = config.host if ":" not in config.host else f"[{config.host}]"
+        print(f"moldau serving on {host}:{port} (data: {config.data_dir})", flush=True)
+        await stop.wait()
+    log.info("shutting down: finishing in-flight calls (grace %d ms)", config.shutdown_grace_ms)
+    await health_state.servicer.enter_graceful_shutdown()
+    runtime.begin_shutdown()
+    await server.stop(config.shutdown_grace_ms / 1000.0)
+    # appends of calls cancelled at the end of the grace period may still be running: let them
+    # finish before the partitions are closed, so none fails half-way
+    await asyncio.to_thread(runtime.executor.shutdown, True)
+    await asyncio.to_thread(broker.close)
+    log.info("stopped; the data directory was closed cleanly")
+    return 0
+
+
+def _install_signal_handlers(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT start a graceful shutdown (where the platform and thread allow)."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no signals
+            log.debug("cannot handle signal %s here; stop the server with its stop event", signum)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="moldau serve",
+        description="Run the Moldau broker: a gRPC server over a local data directory.",
+    )
+    parser.add_argument("--listen", metavar="HOST:PORT",
+                        help="address to bind (default 127.0.0.1:7654; port 0 picks one)")
+    parser.add_argument("--data-dir", metavar="DIR", help="data directory (default ./moldau-data)")
+    parser.add_argument("--config", metavar="FILE", help="TOML config file (or MOLDAU_CONFIG)")
+    parser.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``moldau serve``; returns the process exit code."""
+    args = parse_args(argv)
+    try:
+        config = load_config(
+            args.config,
+            environ=os.environ,
+            overrides={"listen": args.listen, "data_dir": args.data_dir,
+                       "log_level": args.log_level},
+        )
+    except ConfigError as exc:
+        print(f"moldau: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return asyncio.run(serve(config))
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        return 130

@@ -1,0 +1,161 @@
+"""Runtime: the broker handle's readiness and the watches that wake waiting readers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any, cast
+
+import pytest
+
+from engine.log.partition_log import PartitionLog
+from grpc_api.config import ServerConfig
+from grpc_api.errors import NotReadyError
+from grpc_api.runtime import Runtime, SerialLane
+
+
+class FakeLog:
+    """The listener part of PartitionLog."""
+
+    def __init__(self) -> None:
+        self.listeners: list[Callable[[], None]] = []
+        self.high_watermark = 0
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        self.listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[], None]) -> None:
+        self.listeners.remove(listener)
+
+    def append_from_thread(self) -> threading.Thread:
+        def append() -> None:
+            self.high_watermark += 1
+            for listener in list(self.listeners):
+                listener()
+
+        thread = threading.Thread(target=append)
+        thread.start()
+        return thread
+
+
+@pytest.fixture
+def runtime() -> Any:
+    runtime = Runtime(ServerConfig(worker_threads=2))
+    yield runtime
+    runtime.executor.shutdown()
+
+
+def _log(fake: FakeLog) -> PartitionLog:
+    return cast(PartitionLog, fake)
+
+
+def test_broker_is_unavailable_until_set_and_after_shutdown(runtime: Runtime) -> None:
+    with pytest.raises(NotReadyError, match="still opening"):
+        runtime.broker()
+    runtime.set_broker(cast(Any, object()))
+    runtime.broker()
+    runtime.begin_shutdown()
+    with pytest.raises(NotReadyError, match="shutting down"):
+        runtime.broker()
+
+
+def test_append_on_another_thread_wakes_the_watch(runtime: Runtime) -> None:
+    fake = FakeLog()
+
+    async def scenario() -> bool:
+        with runtime.watch("t", _log(fake)) as watch:
+            assert len(fake.listeners) == 1
+            watch.clear()
+            thread = fake.append_from_thread()
+            woke = await watch.wait(5.0)
+            thread.join()
+        assert fake.listeners == []  # unregistered when the block ends
+        return woke
+
+    assert asyncio.run(scenario())
+    assert fake.high_watermark == 1
+
+
+def test_wait_times_out_without_appends(runtime: Runtime) -> None:
+    async def scenario() -> bool:
+        with runtime.watch("t", _log(FakeLog())) as watch:
+            return await watch.wait(0.05)
+
+    assert not asyncio.run(scenario())
+
+
+def test_shutdown_and_deletion_wake_watches(runtime: Runtime) -> None:
+    async def scenario() -> tuple[bool, bool, bool]:
+        with runtime.watch("a", _log(FakeLog())) as a, runtime.watch("b", _log(FakeLog())) as b:
+            runtime.topic_deleted("a")
+            woke_a = await a.wait(1.0)
+            woke_b = await b.wait(0.05)
+            runtime.begin_shutdown()
+            return woke_a, woke_b, await b.wait(1.0)
+
+    assert asyncio.run(scenario()) == (True, False, True)
+
+
+def test_listener_after_loop_closed_does_not_raise(runtime: Runtime) -> None:
+    fake = FakeLog()
+
+    async def register() -> None:
+        watch = runtime.watch("t", _log(fake))
+        watch.__enter__()  # left registered on purpose, as a racing appender would see it
+
+    asyncio.run(register())
+    fake.append_from_thread().join()  # the loop is closed: the listener must swallow it
+
+
+def test_run_executes_on_a_worker_thread(runtime: Runtime) -> None:
+    async def scenario() -> str:
+        return await runtime.run(lambda: threading.current_thread().name)
+
+    assert asyncio.run(scenario()).startswith("moldau-worker")
+
+
+def test_serial_lane_runs_in_order_and_delivers_errors(runtime: Runtime) -> None:
+    order: list[int] = []
+
+    def step(n: int) -> int:
+        if n == 3:
+            raise ValueError("three")
+        order.append(n)
+        return n * 10
+
+    async def scenario() -> list[object]:
+        lane = SerialLane(runtime.executor)
+        futures = [lane.submit(functools.partial(step, n)) for n in range(6)]
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    results = asyncio.run(scenario())
+    assert order == [0, 1, 2, 4, 5]
+    assert results[:3] == [0, 10, 20]
+    assert isinstance(results[3], ValueError)
+    assert results[4:] == [40, 50]
+
+
+def test_closed_lane_cancels_calls_not_started(runtime: Runtime) -> None:
+    gate = threading.Event()
+    ran: list[int] = []
+
+    def blocked() -> None:
+        gate.wait(5)
+        ran.append(0)
+
+    async def scenario() -> tuple[bool, bool]:
+        lane = SerialLane(runtime.executor)
+        first = lane.submit(blocked)
+        second = lane.submit(lambda: ran.append(1))
+        lane.close()
+        gate.set()
+        await first
+        with contextlib.suppress(asyncio.CancelledError):
+            await second
+        return first.done(), second.cancelled()
+
+    assert asyncio.run(scenario()) == (True, True)
+    assert ran == [0]
