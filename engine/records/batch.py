@@ -445,11 +445,12 @@ def _assemble(
     partition_leader_epoch: int,
 ) -> bytes:
     """Prefix the records with the 61-byte header; CRC over header tail + payload."""
-    names = ("attributes", "lastOffsetDelta", "baseTimestamp", "maxTimestamp", "producer_id")
-    for name, value in zip(names[2:], fields[2:5], strict=True):
-        _check_range(name, value, INT64_MIN, INT64_MAX)
-    _check_range("producer_epoch", fields[5], INT16_MIN, INT16_MAX)
-    _check_range("base_sequence", fields[6], INT32_MIN, INT32_MAX)
+    _, _, base_ts, max_ts, producer_id, producer_epoch, base_sequence = fields
+    _check_range("baseTimestamp", base_ts, INT64_MIN, INT64_MAX)
+    _check_range("maxTimestamp", max_ts, INT64_MIN, INT64_MAX)
+    _check_range("producer_id", producer_id, INT64_MIN, INT64_MAX)
+    _check_range("producer_epoch", producer_epoch, INT16_MIN, INT16_MAX)
+    _check_range("base_sequence", base_sequence, INT32_MIN, INT32_MAX)
     _check_range("base_offset", base_offset, INT64_MIN, INT64_MAX)
     _check_range("partition_leader_epoch", partition_leader_epoch, INT32_MIN, INT32_MAX)
     if codec not in _CODECS:

@@ -14,8 +14,8 @@ Each record (varint = zig-zag varint, see ``varint``)::
     headers         headerKeyLength varint | headerKey UTF-8 (never null)
                     | headerValueLength varint (-1 = null) | headerValue
 
-    e.g. value b"hi", no key, offsetDelta 1, timestampDelta 0:
-         0e 00 00 02 01 04 68 69 00     (length 7 -> 0e)
+    e.g. value b"hi", no key, no headers, offsetDelta 1, timestampDelta 0:
+         10 | 00 | 00 | 02 | 01 | 04 68 69 | 00      (length 8 -> 10)
 
 The section is the records back to back, exactly ``recordsCount`` of them, nothing after.
 
@@ -183,12 +183,27 @@ def encode_plain(values: Sequence[bytes | None], keys: Sequence[bytes | None] | 
 
 
 class _Group(NamedTuple):
-    """Records ``low..high-1`` of a uniform batch: their offsetDelta varints are ``width`` wide,
-    so each is a row of ``len(prefix[0]) + vlen + 1`` bytes: prefix | value | 00."""
+    """Records ``low..high-1`` of a uniform batch, whose offsetDelta varints share one width.
+
+    Each is a row of ``prefix.shape[1] + vlen + 1`` bytes: its prefix row | value | 00.
+    """
 
     low: int
     high: int
     prefix: npt.NDArray[np.uint8]  # (high - low, columns): length 00 00 offsetDelta 01 vlen
+
+
+def _uniform_size(count: int, vlen: int) -> int:
+    """Bytes of a uniform batch of ``count`` values of ``vlen`` bytes, without building it."""
+    tail = len(encode_varint(vlen)) + vlen + 2  # 01 (null key) | valueLength | value | 00
+    total = low = 0
+    for width, limit in enumerate(_VARINT_WIDTH_LIMITS, start=1):
+        high = min(limit, count)
+        if high > low:
+            body = 2 + width + tail
+            total += (high - low) * (len(encode_varint(body)) + body)
+            low = high
+    return total
 
 
 def _uniform_plan(count: int, vlen: int) -> tuple[list[_Group], int]:
@@ -259,9 +274,9 @@ def uniform_values(data: bytes, count: int, last_delta: int) -> list[bytes] | No
         return None
     if vlen < 0 or count * (vlen + 7) > len(data):  # a record takes >= 7 bytes + its value
         return None
-    groups, total = _uniform_plan(count, vlen)
-    if total != len(data):
+    if _uniform_size(count, vlen) != len(data):
         return None
+    groups, _ = _uniform_plan(count, vlen)
     flat = np.frombuffer(data, dtype=np.uint8)
     positions = []
     start = 0
@@ -296,7 +311,12 @@ def decode_records(
     append_time: int | None,
     position: int,
 ) -> list[Record]:
-    """The record loop; varints of one or two bytes are decoded inline, as they dominate."""
+    """Decode ``count`` records from the records section ``data`` (already decompressed).
+
+    One long loop on purpose: varints of one or two bytes (nearly all of them) are decoded
+    inline, because a helper call per field would cost about a third of the throughput.
+    ``position`` (the batch's) only labels errors.
+    """
     records: list[Record] = []
     append = records.append
     new, record_type, varint, varlong = tuple.__new__, Record, decode_varint, decode_varlong

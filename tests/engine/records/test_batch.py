@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import gzip
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,6 @@ from typing import Any
 import pytest
 
 import engine.records as records_pkg
-from engine.records import batch as batch_module
 from engine.records.batch import (
     ATTRIBUTES_OFFSET,
     BASE_OFFSET_OFFSET,
@@ -183,6 +183,11 @@ def test_encode_batch_matches_a_batch_built_by_hand() -> None:
         Record(43, TS, None, None, (Header("h", b"x"), Header("n", None))),
         Record(44, TS + 9, b"", b"", ()),
     ]
+
+
+def test_record_example_from_the_docstring() -> None:
+    buf = encode_batch([NewRecord(b"a"), NewRecord(b"hi")], timestamp=TS)
+    assert buf[RECORDS_OFFSET:].endswith(bytes.fromhex("10 00 00 02 01 04 68 69 00"))
 
 
 def test_compressed_batch_compresses_everything_after_records_count() -> None:
@@ -443,7 +448,7 @@ def test_encode_batch_timestamps() -> None:
 
 
 def test_encode_batch_defaults_to_now(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(batch_module.time, "time_ns", lambda: 1_234_567_890_123_456_789)
+    monkeypatch.setattr(time, "time_ns", lambda: 1_234_567_890_123_456_789)
     header = parse_header(encode_batch([NewRecord(b"a")]))
     assert header.base_timestamp == header.max_timestamp == 1_234_567_890_123
 
@@ -459,7 +464,7 @@ def test_encode_batch_defaults_to_now(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"timestamp": 2**63}, "baseTimestamp"),
     ],
 )
-def test_encode_rejects_fields_outside_their_wire_range(kwargs: dict[str, int], name: str) -> None:
+def test_encode_rejects_fields_outside_their_wire_range(kwargs: dict[str, Any], name: str) -> None:
     with pytest.raises(ValueError, match=name):
         encode_batch([NewRecord(b"a")], **kwargs)
     with pytest.raises(ValueError, match=name):

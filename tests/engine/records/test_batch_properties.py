@@ -62,6 +62,7 @@ record_st = st.builds(
 )
 records_st = st.lists(record_st, min_size=1, max_size=12)
 codec_st = st.sampled_from(list(Codec))
+COMPRESSED = [Codec.GZIP, Codec.SNAPPY, Codec.LZ4, Codec.ZSTD]
 uniform_values_st = st.integers(0, 40).flatmap(
     lambda n: st.lists(st.binary(min_size=n, max_size=n), min_size=1, max_size=150)
 )
@@ -205,8 +206,9 @@ def test_any_truncation_is_detected(
         validate_batch(cut)
     with pytest.raises(InvalidBatchError):
         decode_batch(cut)
-    with pytest.raises(InvalidBatchError):
-        list(iter_batches(buf + cut))
+    if cut:
+        with pytest.raises(InvalidBatchError):
+            list(iter_batches(buf + cut))
 
 
 # ---------------------------------------------------------------------------- fuzzing
@@ -321,7 +323,7 @@ def test_decompress_of_garbage_only_raises_record_errors(
 
 
 @PROPERTY
-@given(codec=st.sampled_from(list(Codec)[1:]), text=st.binary(max_size=3000), data=st.data())
+@given(codec=st.sampled_from(COMPRESSED), text=st.binary(max_size=3000), data=st.data())
 def test_decompress_of_damaged_streams_only_raises_record_errors(
     codec: Codec, text: bytes, data: st.DataObject
 ) -> None:
