@@ -367,24 +367,32 @@ class PartitionLog:
         if self._high_watermark >= end_offset:
             return
         with self._sync_lock:
-            if self._high_watermark >= end_offset:
-                return
-            with self._lock:
-                target = self._next_offset
-                segment = self._segments[-1]
-                self._check_writable()
-            try:
-                segment.log.fsync()
-            except OSError as exc:
-                self._fail_read_only(f"fsync failed: {exc}")
-                raise LogReadOnlyError(
-                    f"fsync of {segment.log.path} failed ({exc.strerror}); the partition is "
-                    "now read-only and this write is not acknowledged",
-                    str(segment.log.path),
-                    exc.errno,
-                ) from exc
-            self._advance_high_watermark(target)
-            self._last_flush_monotonic = self._clock.monotonic()
+            if self._high_watermark < end_offset:
+                self._sync_active_locked()
+
+    def _sync_active_locked(self) -> None:
+        """fsync the active segment and publish what it covers; caller holds ``_sync_lock``.
+
+        ``_lock`` is not taken here: ``roll`` takes ``_lock`` and then ``_sync_lock``, so taking
+        them in the other order would deadlock. Reading the log end offset and the active
+        segment without ``_lock`` is safe because a roll cannot complete while we hold
+        ``_sync_lock``, and the log end offset only moves after a batch is fully written.
+        """
+        self._check_writable()
+        target = self._next_offset
+        segment = self._segments[-1]
+        try:
+            segment.log.fsync()
+        except OSError as exc:
+            self._fail_read_only(f"fsync failed: {exc}")
+            raise LogReadOnlyError(
+                f"fsync of {segment.log.path} failed ({exc.strerror}); the partition is "
+                "now read-only and this write is not acknowledged",
+                str(segment.log.path),
+                exc.errno,
+            ) from exc
+        self._advance_high_watermark(target)
+        self._last_flush_monotonic = self._clock.monotonic()
 
     def _fail_read_only(self, reason: str) -> None:
         log.error("partition %s goes read-only: %s", self.directory, reason)
@@ -401,19 +409,8 @@ class PartitionLog:
 
     def flush(self) -> None:
         """fsync the active segment now (``durability=async`` topics call this every flush.ms)."""
-        self._await_durable(self._next_offset)
         with self._sync_lock:
-            with self._lock:
-                self._check_writable()
-                target = self._next_offset
-                segment = self._segments[-1]
-            try:
-                segment.log.fsync()
-            except OSError as exc:
-                self._fail_read_only(f"fsync failed: {exc}")
-                raise self._storage_error("fsync", segment.log.path, exc) from exc
-            self._advance_high_watermark(target)
-            self._last_flush_monotonic = self._clock.monotonic()
+            self._sync_active_locked()
 
     def maybe_flush(self) -> bool:
         """Flush when ``flush.ms`` has passed since the last fsync; True if it flushed."""
@@ -471,7 +468,7 @@ class PartitionLog:
             try:
                 data = self._read_segment(segment, offset, max_bytes, high_watermark)
             except OSError as exc:
-                if exc.errno == errno_codes.EBADF:
+                if exc.errno == errno_codes.EBADF and not self._closed:
                     # the segment was deleted by retention while we read it
                     return self.read(max(offset, self.log_start_offset), max_bytes)
                 raise self._storage_error("read", segment.log.path, exc) from exc

@@ -304,3 +304,27 @@ def test_concurrent_appends_group_commit(open_log: Opener) -> None:
     assert sorted(results) == list(range(0, 160, 2))
     assert log.high_watermark == 160
     log.close()
+
+
+def test_concurrent_appends_across_rolls_do_not_deadlock(open_log: Opener) -> None:
+    log = open_log(segment_bytes=4096)
+    errors: list[BaseException] = []
+
+    def worker(tag: int) -> None:
+        try:
+            for i in range(40):
+                log.append(make_batch(5, tag=tag * 100 + i))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,), daemon=True) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "appenders deadlocked"
+    assert errors == []
+    assert log.high_watermark == 4 * 40 * 5
+    assert log.segment_count > 10
+    assert [o for o, _ in read_all(log)] == list(range(800))
+    log.close()
