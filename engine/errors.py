@@ -17,6 +17,14 @@ Tree::
     |   +-- InvalidTopicError            bad name, reserved name, bad partition count
     |   +-- UnknownPartitionError
     +-- InvalidConfigError               unknown key or bad value
+    +-- GroupError                       consumer-group requests (engine.groups)
+        +-- UnknownGroupError            no members and no committed offsets
+        +-- UnknownMemberError           expired, left or replaced by a static rejoin: rejoin
+        +-- StaleGenerationError         a generation fenced by a live reset, or not yet issued
+        +-- NotPartitionOwnerError       a commit for partitions the member does not own
+        +-- GroupNotEmptyError           live members forbid the operation (delete, reset)
+        +-- InconsistentAssignorError    a member asks for another assignor than the group's
+        +-- InvalidGroupRequestError     bad group id, pattern, assignor, timeout or offset
 
     RecordError (engine.records.errors)  bytes that are not a valid RecordBatch v2
 
@@ -40,18 +48,26 @@ __all__ = [
     "CorruptLogError",
     "DiskFullError",
     "EngineError",
+    "GroupError",
+    "GroupNotEmptyError",
+    "InconsistentAssignorError",
     "InvalidBatchError",
     "InvalidConfigError",
+    "InvalidGroupRequestError",
     "InvalidTopicError",
     "LogReadOnlyError",
+    "NotPartitionOwnerError",
     "OffsetOutOfRangeError",
     "OutOfOrderSequenceError",
     "ProducerError",
     "ProducerFencedError",
     "RecordError",
+    "StaleGenerationError",
     "StorageError",
     "TopicError",
     "TopicExistsError",
+    "UnknownGroupError",
+    "UnknownMemberError",
     "UnknownPartitionError",
     "UnknownTopicError",
     "UnsupportedCodecError",
@@ -165,3 +181,84 @@ class UnknownPartitionError(TopicError):
 
 class InvalidConfigError(EngineError):
     """Unknown config key or a value outside its range."""
+
+
+# consumer groups
+
+
+class GroupError(EngineError):
+    """A consumer-group request was refused; ``group`` names the group."""
+
+    def __init__(self, message: str, group: str) -> None:
+        super().__init__(message)
+        self.group = group
+
+
+class UnknownGroupError(GroupError):
+    def __init__(self, group: str) -> None:
+        super().__init__(f"group {group!r} does not exist (no members, no committed offsets)",
+                         group)
+
+
+class UnknownMemberError(GroupError):
+    """The member expired, left, or was replaced by a static rejoin; it must join again."""
+
+    def __init__(self, group: str, member_id: str) -> None:
+        super().__init__(
+            f"member {member_id!r} is not in group {group!r} (its session expired, it left, or "
+            "a newer instance replaced it); join the group again",
+            group,
+        )
+        self.member_id = member_id
+
+
+class StaleGenerationError(GroupError):
+    """A request carried a generation the group has fenced (or never issued)."""
+
+    def __init__(self, group: str, generation: int, current_generation: int, reason: str) -> None:
+        super().__init__(
+            f"generation {generation} of group {group!r} is stale ({reason}); the group is at "
+            f"generation {current_generation}: heartbeat or rejoin to get the current one",
+            group,
+        )
+        self.generation = generation
+        self.current_generation = current_generation
+
+
+class NotPartitionOwnerError(GroupError):
+    """A member committed offsets for partitions the group has not given it."""
+
+    def __init__(self, group: str, member_id: str, partitions: list[str]) -> None:
+        shown = ", ".join(partitions[:10]) + (" ..." if len(partitions) > 10 else "")
+        super().__init__(
+            f"member {member_id!r} of group {group!r} does not own {shown}; commit only "
+            "partitions in your current assignment",
+            group,
+        )
+        self.member_id = member_id
+        self.partitions = partitions
+
+
+class GroupNotEmptyError(GroupError):
+    """The operation needs a group without live members."""
+
+    def __init__(self, group: str, members: int, advice: str) -> None:
+        super().__init__(f"group {group!r} has {members} live member(s); {advice}", group)
+        self.members = members
+
+
+class InconsistentAssignorError(GroupError):
+    """Every member of a group must ask for the same assignor."""
+
+    def __init__(self, group: str, requested: str, current: str) -> None:
+        super().__init__(
+            f"group {group!r} uses the {current!r} assignor; a member asked for {requested!r}. "
+            "Use the same assignor in every member, or a new group",
+            group,
+        )
+        self.requested = requested
+        self.current = current
+
+
+class InvalidGroupRequestError(GroupError):
+    """A malformed request: the message says which argument and what is allowed."""

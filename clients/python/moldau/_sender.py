@@ -1,0 +1,298 @@
+"""The producer's I/O: drains the accumulator into one pipelined ProduceStream.
+
+One task writes ready batches (pre-encoded RecordBatch v2) as ``ProduceRequest``s, each with a
+correlation id; a second task reads the acknowledgements and completes the batches. gRPC flow
+control is the back-pressure: when the broker stops reading, ``write`` waits.
+
+When the stream breaks (connection lost, broker restarting), every batch in flight has an
+unknown outcome: they go back to the front of their partitions' queues and are resent, byte for
+byte, on a new stream after a backoff; the broker recognises the ones it already stored by
+producer id and sequence. Only errors the broker *answered* with are final for a batch, except
+UNAVAILABLE (retried) and out-of-order sequences (see :mod:`moldau._accumulator`).
+
+Runs on one event loop: the caller's for :class:`~moldau.AsyncProducer`, a private loop thread
+for :class:`~moldau.Producer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from typing import Any
+
+import grpc
+
+from engine.records import Codec
+from moldau._accumulator import Accumulator, PendingBatch
+from moldau._runtime import call, open_channel
+from moldau.errors import (
+    ClientClosedError,
+    DeliveryTimeoutError,
+    MoldauError,
+    TopicNotFoundError,
+    error_from_rpc,
+    error_from_status,
+)
+from moldau.v1 import admin_pb2, admin_pb2_grpc, produce_pb2, produce_pb2_grpc
+
+__all__ = ["Sender"]
+
+_S = grpc.StatusCode
+_RETRIABLE_STREAM = frozenset({_S.UNAVAILABLE, _S.CANCELLED, _S.DEADLINE_EXCEEDED, _S.UNKNOWN,
+                               _S.INTERNAL})
+_UNAVAILABLE = _S.UNAVAILABLE.value[0]
+_FAILED_PRECONDITION = _S.FAILED_PRECONDITION.value[0]
+_MAX_BACKOFF_S = 2.0
+
+
+class Sender:
+    """Owns the channel, the ProduceStream and the batches in flight on it."""
+
+    def __init__(
+        self,
+        server: str,
+        accumulator: Accumulator,
+        *,
+        codec: Codec,
+        producer_id: int,
+        request_timeout_s: float,
+        delivery_timeout_s: float,
+        retry_backoff_s: float,
+    ) -> None:
+        self.server = server
+        self._accumulator = accumulator
+        self._codec = codec
+        self._producer_id = producer_id
+        self._request_timeout_s = request_timeout_s
+        self._delivery_timeout_s = delivery_timeout_s
+        self._retry_backoff_s = retry_backoff_s
+        self._backoff_s = retry_backoff_s
+        self._retry_at = 0.0
+        self._in_flight: dict[int, PendingBatch] = {}
+        self._correlation = itertools.count(1)
+        self._call: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._produce: produce_pb2_grpc.ProduceServiceStub | None = None
+        self._admin: admin_pb2_grpc.AdminServiceStub | None = None
+        self._partition_counts: dict[str, int] = {}
+        self._closing = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Open the channel and start the send loop on the running loop."""
+        self._wake = asyncio.Event()
+        self._channel = open_channel(self.server)
+        self._produce = produce_pb2_grpc.ProduceServiceStub(self._channel)
+        self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
+        self._task = asyncio.create_task(self._run(), name="moldau-sender")
+
+    def wake(self) -> None:
+        """Tell the send loop there is work (call on the loop's thread)."""
+        if self._wake is not None:
+            self._wake.set()
+
+    async def close(self, *, drain: bool) -> None:
+        """Stop: with ``drain``, after everything queued is acknowledged or failed."""
+        self._closing = True
+        if not drain:
+            self._fail_all(ClientClosedError("the producer was closed before this was sent"))
+        self.wake()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._end_stream()
+        if self._channel is not None:
+            await self._channel.close()
+
+    # ------------------------------------------------------------------ metadata
+
+    async def partition_count(self, topic: str) -> int:
+        """Partitions of ``topic`` (cached; forgotten when a send finds it missing)."""
+        count = self._partition_counts.get(topic)
+        if count is None:
+            assert self._admin is not None
+            reply = await call(
+                self._admin.DescribeTopic,
+                admin_pb2.DescribeTopicRequest(name=topic),
+                self._request_timeout_s,
+            )
+            count = self._partition_counts[topic] = reply.topic.partition_count
+        return count
+
+    def cached_partition_count(self, topic: str) -> int | None:
+        return self._partition_counts.get(topic)
+
+    # ------------------------------------------------------------------ the send loop
+
+    async def _run(self) -> None:
+        try:
+            await self._loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug: fail what is pending rather than hang the caller
+            self._fail_all(MoldauError(f"the producer's send loop failed: {exc!r}"))
+            raise
+
+    async def _loop(self) -> None:
+        accumulator = self._accumulator
+        assert self._wake is not None
+        while True:
+            self._wake.clear()
+            now = time.monotonic()
+            self._expire(now)
+            if now >= self._retry_at:
+                for batch in accumulator.drain(now):
+                    await self._send(batch)
+            if self._closing and accumulator.pending_count() == 0:
+                return
+            deadline = accumulator.next_deadline()
+            if self._retry_at > now:
+                deadline = self._retry_at if deadline is None else min(deadline, self._retry_at)
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if self._in_flight or accumulator.pending_count():
+                # wake now and then to expire batches past delivery_timeout_ms
+                timeout = min(timeout if timeout is not None else 1.0, 1.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _send(self, batch: PendingBatch) -> None:
+        try:
+            data = batch.encode(self._codec, self._producer_id)
+        except (ValueError, TypeError) as exc:
+            self._fail(batch, MoldauError(f"cannot encode the batch: {exc}"))
+            return
+        if self._call is None:
+            self._open_stream()
+        stream = self._call
+        correlation_id = next(self._correlation)
+        self._in_flight[correlation_id] = batch
+        request = produce_pb2.ProduceRequest(
+            topic=batch.topic,
+            partition=batch.partition,
+            record_batch=data,
+            correlation_id=correlation_id,
+        )
+        try:
+            await stream.write(request)
+        except Exception as exc:  # the stream ended under us; its reader has (or will) requeue
+            self._stream_failed(stream, exc)
+
+    def _open_stream(self) -> None:
+        assert self._produce is not None
+        stream = self._produce.ProduceStream()
+        self._call = stream
+        self._reader = asyncio.create_task(self._read(stream), name="moldau-acks")
+
+    async def _end_stream(self) -> None:
+        stream, reader = self._call, self._reader
+        self._call = None
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                await stream.done_writing()
+        if reader is not None:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(reader, 5.0)
+            if not reader.done():
+                reader.cancel()
+        if stream is not None:
+            stream.cancel()
+
+    async def _read(self, stream: Any) -> None:
+        try:
+            async for response in stream:
+                self._on_response(response)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # grpc.RpcError: the stream broke
+            self._stream_failed(stream, exc)
+            return
+        if stream is self._call and self._in_flight:
+            self._stream_failed(stream, error_from_status(_S.UNAVAILABLE, "stream ended"))
+
+    # ------------------------------------------------------------------ outcomes
+
+    def _on_response(self, response: produce_pb2.ProduceStreamResponse) -> None:
+        batch = self._in_flight.pop(response.correlation_id, None)
+        if batch is None:
+            return
+        self._backoff_s = self._retry_backoff_s
+        if response.HasField("error"):
+            self._on_error(batch, response.error.code, response.error.message)
+        else:
+            result = response.response.results[0]
+            if result.HasField("error"):
+                self._on_error(batch, result.error.code, result.error.message)
+            else:
+                self._accumulator.acknowledged(batch)
+                batch.completion.set_result(
+                    result.base_offset, result.log_append_time_ms, result.duplicate
+                )
+        self.wake()
+
+    def _on_error(self, batch: PendingBatch, code: int, message: str) -> None:
+        if code == _UNAVAILABLE:
+            self._accumulator.requeue([batch])
+            self._back_off()
+            return
+        if (code == _FAILED_PRECONDITION and "expected" in message
+                and self._accumulator.out_of_order(batch)):
+            return
+        error = error_from_status(code, message)
+        if isinstance(error, TopicNotFoundError):
+            self._partition_counts.pop(batch.topic, None)
+        self._fail(batch, error)
+
+    def _stream_failed(self, stream: Any, exc: BaseException) -> None:
+        """Requeue (or fail) everything in flight on ``stream`` if it is still the current one."""
+        if stream is not self._call:
+            return
+        self._call = None
+        stream.cancel()  # a half-dead stream must not deliver acks for requeued batches
+        batches = list(self._in_flight.values())
+        self._in_flight.clear()
+        error = error_from_rpc(exc) if isinstance(exc, grpc.RpcError) else None
+        if error is None and isinstance(exc, MoldauError):
+            error = exc
+        if error is None or error.retriable or error.code in _RETRIABLE_STREAM:
+            self._accumulator.requeue(batches)
+            self._back_off()
+        else:
+            for batch in batches:
+                self._fail(batch, error)
+        self.wake()
+
+    def _back_off(self) -> None:
+        self._retry_at = time.monotonic() + self._backoff_s
+        self._backoff_s = min(self._backoff_s * 2, _MAX_BACKOFF_S)
+
+    def _fail(self, batch: PendingBatch, error: BaseException) -> None:
+        self._accumulator.failed(batch)
+        batch.completion.set_error(error)
+
+    def _expire(self, now: float) -> None:
+        limit = self._delivery_timeout_s
+        expired = self._accumulator.expired(now, limit)
+        for correlation_id, batch in list(self._in_flight.items()):
+            if now - batch.created > limit:
+                del self._in_flight[correlation_id]
+                expired.append(batch)
+        for batch in expired:
+            self._fail(
+                batch,
+                DeliveryTimeoutError(
+                    f"no acknowledgement within delivery_timeout_ms "
+                    f"({limit * 1000:.0f} ms) for {batch.count} records to "
+                    f"{batch.topic}[{batch.partition}]; the broker at {self.server} may be down"
+                ),
+            )
+
+    def _fail_all(self, error: BaseException) -> None:
+        self._in_flight.clear()
+        for batch in self._accumulator.abandon_all():
+            self._fail(batch, error)

@@ -1,0 +1,148 @@
+"""Consumer against a real broker: seeks, time lookups, batches, iteration, async, CRC."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+import moldau
+from engine.records import encode_values
+from moldau import Consumer, Producer, TopicPartition
+from moldau._fetcher import Chunk
+
+
+def fill(address: str, topic: str, count: int, partition: int = 0, start_ts: int = 0) -> None:
+    """``count`` records valued 0..count-1, timestamps start_ts + i when start_ts is set."""
+    with Producer(address) as producer:
+        for i in range(count):
+            producer.send(topic, str(i).encode(), partition=partition,
+                          timestamp=start_ts + i if start_ts else None)
+
+
+def test_seeks_and_positions(address: str, topic: str) -> None:
+    fill(address, topic, 100)
+    tp = TopicPartition(topic, 0)
+    with Consumer(address) as consumer:
+        consumer.assign([tp])
+        assert consumer.position(tp) == 100  # latest by default, as Kafka
+        assert consumer.poll(timeout_ms=100) == []
+        consumer.seek(tp, 42)
+        records = consumer.poll(timeout_ms=2000, max_records=5)
+        assert [r.offset for r in records] == [42, 43, 44, 45, 46]
+        assert [r.value for r in records] == [b"42", b"43", b"44", b"45", b"46"]
+        assert consumer.position(tp) == 47
+        consumer.seek_to_beginning()
+        assert consumer.poll(timeout_ms=2000, max_records=1)[0].offset == 0
+        consumer.seek_to_end()
+        assert consumer.position(tp) == 100
+        fill(address, topic, 1)
+        (record,) = consumer.poll(timeout_ms=5000)
+        assert (record.offset, record.value) == (100, b"0")
+        with pytest.raises(ValueError, match="not assigned"):
+            consumer.seek_to_end([(topic, 5)])
+
+
+def test_seek_to_time(address: str, topic: str) -> None:
+    base = 1_700_000_000_000
+    fill(address, topic, 50, start_ts=base)
+    with Consumer(address) as consumer:
+        consumer.assign_all(topic)
+        consumer.seek_to_time(base + 30)
+        assert consumer.position((topic, 0)) == 30
+        first = consumer.poll(timeout_ms=2000, max_records=1)[0]
+        assert (first.offset, first.timestamp) == (30, base + 30)
+        consumer.seek_to_time(base + 10_000)  # after everything: the end
+        assert consumer.position((topic, 0)) == 50
+
+
+def test_poll_batches_decodes_lazily_from_the_position(address: str, topic: str) -> None:
+    with Producer(address) as producer:
+        producer.send_many(topic, [b"v" * 100] * 3_000, partition=0).result(10)
+        producer.send_many(topic, [b"w" * 100] * 3_000, partition=0).result(10)
+    with Consumer(address, auto_offset_reset="earliest") as consumer:
+        consumer.assign([(topic, 0)])
+        consumer.seek((topic, 0), 10)
+        values: list[bytes | None] = []
+        offsets = []
+        while len(values) < 5_990:
+            for batch in consumer.poll_batches(timeout_ms=2000):
+                offsets.append((batch.first_offset, batch.last_offset, len(batch)))
+                values.extend(batch.values())
+        assert len(values) == 5_990
+        assert offsets[0][0] == 10
+        assert values[:2_990] == [b"v" * 100] * 2_990
+        assert consumer.position((topic, 0)) == 6_000
+
+
+def test_iteration_and_multiple_partitions(address: str, new_topic: Callable[..., str]) -> None:
+    topic = new_topic(partitions=3)
+    for partition in range(3):
+        fill(address, topic, 10, partition=partition)
+    seen = []
+    with Consumer(address, auto_offset_reset="earliest") as consumer:
+        consumer.assign_all(topic)
+        assert sorted(consumer.assignment()) == [(topic, 0), (topic, 1), (topic, 2)]
+        for record in consumer:
+            seen.append((record.partition, record.offset))
+            if len(seen) == 30:
+                break
+        consumer.assign([(topic, 1)])  # keeps partition 1 and its position
+        assert consumer.assignment() == [(topic, 1)]
+        assert consumer.position((topic, 1)) == 10
+    assert sorted(seen) == [(p, o) for p in range(3) for o in range(10)]
+
+
+def test_consumer_waits_for_new_records(address: str, topic: str) -> None:
+    with Consumer(address) as consumer:
+        consumer.assign([(topic, 0)])
+        timer = threading.Timer(0.3, fill, (address, topic, 3))
+        timer.start()
+        started = time.monotonic()
+        records = consumer.poll(timeout_ms=5000)
+        timer.join()
+        assert records
+        assert time.monotonic() - started < 4
+
+
+def test_async_consumer(address: str, topic: str) -> None:
+    fill(address, topic, 20)
+
+    async def run() -> list[int]:
+        async with moldau.AsyncConsumer(address, auto_offset_reset="earliest") as consumer:
+            await consumer.assign([(topic, 0)])
+            offsets = []
+            async for record in consumer:
+                offsets.append(record.offset)
+                if len(offsets) == 10:
+                    break
+            await consumer.seek((topic, 0), 15)
+            batches = await consumer.poll_batches(timeout_ms=2000)
+            offsets += [v for b in batches for v in range(b.first_offset, b.next_offset)]
+            return offsets
+
+    assert asyncio.run(run()) == [*range(10), *range(15, 20)]
+
+
+def test_unknown_topic_and_partition(address: str, topic: str) -> None:
+    with Consumer(address) as consumer:
+        with pytest.raises(moldau.TopicNotFoundError):
+            consumer.assign_all("no-such-topic")
+        with pytest.raises(moldau.PartitionNotFoundError):
+            consumer.assign([(topic, 3)])
+
+
+def test_a_corrupted_batch_is_refused(address: str, topic: str) -> None:
+    with Consumer(address) as consumer:
+        consumer.assign([(topic, 0)])
+        consumer.seek((topic, 0), 0)
+        batch = bytearray(encode_values([b"a", b"b"]))
+        struct.pack_into(">B", batch, len(batch) - 2, batch[-2] ^ 0xFF)  # flip value bits
+        generation = consumer._generations[TopicPartition(topic, 0)]
+        consumer._buffer.put(Chunk(TopicPartition(topic, 0), generation, bytes(batch), 2))
+        with pytest.raises(moldau.CorruptRecordError, match="CRC"):
+            consumer.poll(timeout_ms=100)

@@ -1,0 +1,39 @@
+"""The package's public names are exactly what __all__ says, and each resolves."""
+
+from __future__ import annotations
+
+import moldau
+import moldau.errors
+
+
+def test_all_is_exact_and_sorted() -> None:
+    public = {name for name in vars(moldau) if not name.startswith("_")}
+    modules = {"admin", "consumer", "errors", "producer", "testing", "v1", "cli"}
+    assert set(moldau.__all__) == public - modules
+    assert moldau.__all__ == sorted(moldau.__all__, key=lambda n: (not n.isupper(), n))
+
+
+def test_every_error_descends_from_moldau_error() -> None:
+    for name in moldau.errors.__all__:
+        value = getattr(moldau.errors, name)
+        if isinstance(value, type):
+            assert issubclass(value, moldau.MoldauError)
+
+
+def test_status_codes_map_to_the_tree() -> None:
+    import grpc
+
+    from moldau.errors import error_from_status
+
+    codes = grpc.StatusCode
+    assert isinstance(error_from_status(codes.NOT_FOUND, "topic 'x' does not exist"),
+                      moldau.TopicNotFoundError)
+    assert isinstance(error_from_status(5, "topic 'x' has partitions 0..0; partition 3 ..."),
+                      moldau.PartitionNotFoundError)
+    assert isinstance(error_from_status(codes.RESOURCE_EXHAUSTED, "batch is 9 bytes, over 8"),
+                      moldau.RecordTooLargeError)
+    assert isinstance(error_from_status(codes.UNAVAILABLE, "failed to connect to all addresses"),
+                      moldau.ConnectionFailedError)
+    unknown = error_from_status(codes.DATA_LOSS, "damaged")
+    assert isinstance(unknown, moldau.ServerError)
+    assert unknown.code == codes.DATA_LOSS
