@@ -1,15 +1,17 @@
 """ProduceService: appends pre-encoded batches, or encodes plain records first.
 
-The fast path hands the request's ``record_batch`` bytes to ``Broker.append`` untouched: the
+The fast path hands the request's ``record_batch`` bytes to the partition log untouched: the
 engine validates the header and CRC, checks the producer sequence and stores the bytes. Plain
 records are partitioned here (murmur2 of the key, round-robin without one), encoded into one
 batch per partition with ``encode_batch``, then appended the same way.
 
 Appends wait for fsync, so they run on the runtime's worker threads. On ProduceStream, each
-partition the stream writes to gets a :class:`~grpc_api.runtime.SerialLane`: its requests reach
-the engine in the order sent, back to back on one worker thread, while other partitions'
-lanes run concurrently. At most ``produce_stream_window`` requests are in flight per stream;
-past that the server stops reading and gRPC flow control pushes back on the client.
+partition the stream writes to gets an :class:`~grpc_api.runtime.AppendLane`: its requests
+reach the engine in the order sent, back to back on one worker thread, and every group of
+requests queued while the previous fsync ran is made durable by one ``wait_durable`` (group
+commit) before any of them is acknowledged. Acknowledgements of one partition leave in the
+order sent. At most ``produce_stream_window`` requests are in flight per stream; past that the
+server stops reading and gRPC flow control pushes back on the client.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.broker import Broker
-from engine.log.partition_log import AppendResult
+from engine.log.partition_log import AppendResult, PartitionLog
 from engine.partitioner import RoundRobin, partition_for_key
 from engine.records.batch import encode_batch
 from engine.records.compression import Codec
@@ -33,7 +35,7 @@ from grpc_api.errors import (
     stream_errors,
     unary_errors,
 )
-from grpc_api.runtime import Runtime, SerialLane
+from grpc_api.runtime import AppendLane, Runtime
 from moldau.v1 import common_pb2, produce_pb2, produce_pb2_grpc
 
 __all__ = ["ProduceServicer"]
@@ -70,6 +72,10 @@ class ProduceServicer(produce_pb2_grpc.ProduceServiceServicer):
     ) -> produce_pb2.ProduceResponse:
         plan = self._plan(request)
         broker = self._runtime.broker()
+        if len(plan.parts) == 1:  # every pre-encoded batch: no gather, errors as they are
+            part = plan.parts[0]
+            result = await self._runtime.run(self._append_part, broker, plan, part)
+            return _response(plan, [result])
         appends = [
             self._runtime.run(self._append_part, broker, plan, part) for part in plan.parts
         ]
@@ -81,8 +87,8 @@ class ProduceServicer(produce_pb2_grpc.ProduceServiceServicer):
     ) -> AsyncIterator[produce_pb2.ProduceStreamResponse]:
         window = asyncio.Semaphore(self._runtime.config.produce_stream_window)
         acks: _AckQueue = asyncio.Queue()
-        lanes: dict[tuple[str, int], SerialLane] = {}
-        tasks: set[asyncio.Task[None]] = set()
+        lanes: dict[tuple[str, int], AppendLane] = {}
+        tasks: set[asyncio.Future[Any]] = set()
         reader = asyncio.create_task(
             self._read_stream(request_iterator, window, acks, lanes, tasks)
         )
@@ -107,10 +113,15 @@ class ProduceServicer(produce_pb2_grpc.ProduceServiceServicer):
         request_iterator: AsyncIterator[produce_pb2.ProduceRequest],
         window: asyncio.Semaphore,
         acks: _AckQueue,
-        lanes: dict[tuple[str, int], SerialLane],
-        tasks: set[asyncio.Task[None]],
+        lanes: dict[tuple[str, int], AppendLane],
+        tasks: set[asyncio.Future[Any]],
     ) -> None:
-        """Read requests and queue each part on its partition's lane, in arrival order."""
+        """Read requests and queue each part on its partition's lane, in arrival order.
+
+        A one-part request (every pre-encoded batch) is acknowledged straight from its lane
+        future's done callback, in the order the lane settles; a request split over several
+        partitions waits for all its parts in a task.
+        """
         try:
             async for request in request_iterator:
                 await window.acquire()
@@ -126,13 +137,19 @@ class ProduceServicer(produce_pb2_grpc.ProduceServiceServicer):
                     key = (plan.topic, part.partition)
                     lane = lanes.get(key)
                     if lane is None:
-                        lane = lanes[key] = SerialLane(self._runtime.executor)
+                        lane = lanes[key] = AppendLane(self._runtime.executor)
                     appends.append(
-                        lane.submit(functools.partial(self._append_part, broker, plan, part))
+                        lane.submit(functools.partial(self._store_part, broker, plan, part))
                     )
-                task = asyncio.create_task(_ack(plan, correlation_id, appends, acks))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                if len(appends) == 1:
+                    future: asyncio.Future[Any] = appends[0]
+                    future.add_done_callback(
+                        functools.partial(_ack_one, plan, correlation_id, acks)
+                    )
+                else:
+                    future = asyncio.ensure_future(_ack(plan, correlation_id, appends, acks))
+                tasks.add(future)
+                future.add_done_callback(tasks.discard)
             if tasks:
                 await asyncio.wait(list(tasks))
             acks.put_nowait(None)
@@ -157,13 +174,13 @@ class ProduceServicer(produce_pb2_grpc.ProduceServiceServicer):
                     "partition is required with record_batch (a pre-encoded batch goes to one "
                     "partition); send plain records to let the broker choose"
                 )
-            size = len(request.record_batch)
-            if size > limit:
+            batch = request.record_batch  # each access copies the bytes out of the message
+            if len(batch) > limit:
                 raise LimitExceededError(
-                    f"record_batch is {size} bytes, over the server's max_batch_bytes of "
+                    f"record_batch is {len(batch)} bytes, over the server's max_batch_bytes of "
                     f"{limit}; split it into smaller batches"
                 )
-            return _Plan(request.topic, [_Part(request.partition, batch=request.record_batch)])
+            return _Plan(request.topic, [_Part(request.partition, batch=batch)])
         if payload != "records":
             raise InvalidRequestError("set either record_batch or records")
         records = request.records.records
@@ -208,6 +225,19 @@ class ProduceServicer(produce_pb2_grpc.ProduceServiceServicer):
         if batch is None:
             batch = _encode(part.records, plan.codec, self._runtime.config.max_batch_bytes)
         return broker.append(plan.topic, part.partition, batch)
+
+    def _store_part(
+        self, broker: Broker, plan: _Plan, part: _Part
+    ) -> tuple[PartitionLog, AppendResult]:
+        """Lane thread: encode if needed, then store without waiting for durability.
+
+        The lane makes the group durable (one ``wait_durable``) before anything is acked.
+        """
+        batch = part.batch
+        if batch is None:
+            batch = _encode(part.records, plan.codec, self._runtime.config.max_batch_bytes)
+        log = broker.partition(plan.topic, part.partition)
+        return log, log.append(batch, wait_durable=False)
 
 
 def _encode(records: Sequence[common_pb2.Record], codec: Codec, limit: int) -> bytes:
@@ -261,6 +291,22 @@ def _response(plan: _Plan, outcomes: list[Any]) -> produce_pb2.ProduceResponse:
                 duplicate=result.duplicate,
             )
     return response
+
+
+def _ack_one(
+    plan: _Plan, correlation_id: int, acks: _AckQueue, append: asyncio.Future[Any]
+) -> None:
+    """Done callback of a one-part request's lane future: queue its acknowledgement."""
+    if append.cancelled():
+        return  # the stream is ending; nobody reads the acks any more
+    try:
+        response = _response(plan, [append.exception() or append.result()])
+    except Exception as exc:  # acked with its status; the stream goes on
+        acks.put_nowait(_error_ack(correlation_id, exc))
+    else:
+        acks.put_nowait(
+            produce_pb2.ProduceStreamResponse(correlation_id=correlation_id, response=response)
+        )
 
 
 async def _ack(

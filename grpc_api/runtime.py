@@ -10,27 +10,26 @@ on asyncio and readers never poll. Shutdown and topic deletion set the same even
 long-poll or a subscription notices them at once.
 
 Concurrency: everything here runs on the event loop thread except ``Watch._on_append`` (engine
-threads; it only calls ``loop.call_soon_threadsafe``) and ``SerialLane._drain`` (a worker
+threads; it only calls ``loop.call_soon_threadsafe``) and ``AppendLane._drain`` (a worker
 thread; it hands results back the same way).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import functools
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar
 
 from engine.broker import Broker
-from engine.log.partition_log import PartitionLog
+from engine.log.partition_log import AppendResult, PartitionLog
 from grpc_api.config import ServerConfig
 from grpc_api.errors import NotReadyError
 
-__all__ = ["Runtime", "SerialLane", "Watch"]
+__all__ = ["AppendCall", "AppendLane", "DurableLog", "Runtime", "Watch"]
 
 _T = TypeVar("_T")
 
@@ -74,28 +73,43 @@ class Watch:
         return True
 
 
-class SerialLane:
-    """Runs submitted calls one after another, in submission order, on a worker thread.
+class DurableLog(Protocol):
+    """The part of :class:`PartitionLog` an :class:`AppendLane` waits on."""
 
-    A pipelined stream needs its appends to one partition to reach the engine in the order
-    sent, yet must not return to the event loop between them: each loop round trip would add
-    its scheduling latency to every append. One drain job takes calls off the queue until it
-    is empty, so consecutive appends run back to back; results go to asyncio futures through
-    ``call_soon_threadsafe``. Submit from the event loop thread only.
+    def wait_durable(self, end_offset: int) -> None: ...
+
+
+#: What an :class:`AppendLane` runs: store one batch without waiting for durability
+#: (``PartitionLog.append(batch, wait_durable=False)``) and say which log it went to.
+AppendCall = Callable[[], tuple[DurableLog, AppendResult]]
+
+
+class AppendLane:
+    """Runs one partition's appends in submission order, with one durability wait per group.
+
+    A pipelined stream must reach the engine in the order sent and must not pay one fsync per
+    batch. A drain job on a worker thread takes every call queued so far (a group), runs them
+    back to back (each stores its batch without waiting for fsync), then waits once for the
+    highest end offset (``wait_durable``: group commit) and settles the group's futures in
+    order with a single ``call_soon_threadsafe``. Requests that arrive while the fsync runs
+    form the next group, so the group grows with the load and an idle lane adds no delay.
+
+    A future resolves only once its batch is durable by the topic's setting: a failed durability
+    wait fails every append of the group on that log (none of them is acknowledged). A call that
+    raises fails only its own future. Submit from the event loop thread only.
     """
 
-    def __init__(self, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, executor: Executor) -> None:
         self._executor = executor
         self._loop = asyncio.get_running_loop()
         self._lock = threading.Lock()
-        self._pending: collections.deque[tuple[Callable[[], Any], asyncio.Future[Any]]]
-        self._pending = collections.deque()
+        self._pending: list[tuple[AppendCall, asyncio.Future[AppendResult]]] = []
         self._draining = False
         self._closed = False
 
-    def submit(self, call: Callable[[], _T]) -> asyncio.Future[_T]:
-        """Queue ``call``; the future resolves with its result or exception."""
-        future: asyncio.Future[_T] = self._loop.create_future()
+    def submit(self, call: AppendCall) -> asyncio.Future[AppendResult]:
+        """Queue ``call``; the future resolves with its result once durable, or its error."""
+        future: asyncio.Future[AppendResult] = self._loop.create_future()
         with self._lock:
             self._pending.append((call, future))
             start = not self._draining
@@ -111,35 +125,56 @@ class SerialLane:
     def _drain(self) -> None:
         while True:
             with self._lock:
-                if not self._pending:
+                group = self._pending
+                if not group:
                     self._draining = False
                     return
-                call, future = self._pending.popleft()
+                self._pending = []
+            settled = self._run_group(group)
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
+                self._loop.call_soon_threadsafe(_settle, settled)
+
+    def _run_group(
+        self, group: list[tuple[AppendCall, asyncio.Future[AppendResult]]]
+    ) -> list[tuple[asyncio.Future[AppendResult], AppendResult | BaseException]]:
+        appended: list[tuple[asyncio.Future[AppendResult], DurableLog | None, Any]] = []
+        ends: dict[DurableLog, int] = {}
+        for call, future in group:
             if self._closed:
-                self._resolve(future, None, asyncio.CancelledError())
+                appended.append((future, None, asyncio.CancelledError()))
                 continue
             try:
-                result = call()
+                log, result = call()
             except Exception as exc:  # delivered to the awaiting coroutine
-                self._resolve(future, None, exc)
-            else:
-                self._resolve(future, result, None)
+                appended.append((future, None, exc))
+                continue
+            ends[log] = max(ends.get(log, 0), result.last_offset + 1)
+            appended.append((future, log, result))
+        failed: dict[DurableLog, BaseException] = {}
+        for log, end_offset in ends.items():
+            try:
+                log.wait_durable(end_offset)
+            except Exception as exc:  # nothing of this group on that log is acknowledged
+                failed[log] = exc
+        return [
+            (future, failed[log] if log is not None and log in failed else outcome)
+            for future, log, outcome in appended
+        ]
 
-    def _resolve(
-        self, future: asyncio.Future[Any], result: object, exc: BaseException | None
-    ) -> None:
-        def settle() -> None:
-            if future.done():
-                return
-            if isinstance(exc, asyncio.CancelledError):
-                future.cancel()
-            elif exc is not None:
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
 
-        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
-            self._loop.call_soon_threadsafe(settle)
+def _settle(
+    settled: list[tuple[asyncio.Future[AppendResult], AppendResult | BaseException]],
+) -> None:
+    """Event loop thread: resolve a group's futures in submission order."""
+    for future, outcome in settled:
+        if future.done():
+            continue
+        if isinstance(outcome, asyncio.CancelledError):
+            future.cancel()
+        elif isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
 
 
 class Runtime:

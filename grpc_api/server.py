@@ -28,14 +28,13 @@ from engine.broker import Broker, BrokerSettings
 from engine.errors import EngineError
 from grpc_api.admin import AdminServicer
 from grpc_api.config import ConfigError, ServerConfig, load_config
-from grpc_api.fetch import FetchServicer
+from grpc_api.fetch import FetchServicer, add_fetch_service
 from grpc_api.produce import ProduceServicer
 from grpc_api.runtime import Runtime
 from moldau.v1 import (
     admin_pb2,
     admin_pb2_grpc,
     fetch_pb2,
-    fetch_pb2_grpc,
     produce_pb2,
     produce_pb2_grpc,
 )
@@ -79,7 +78,7 @@ def build_server(runtime: Runtime, health_servicer: Any) -> Any:
     )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(runtime), server)
     produce_pb2_grpc.add_ProduceServiceServicer_to_server(ProduceServicer(runtime), server)
-    fetch_pb2_grpc.add_FetchServiceServicer_to_server(FetchServicer(runtime), server)
+    add_fetch_service(FetchServicer(runtime), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server

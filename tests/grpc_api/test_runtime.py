@@ -11,10 +11,10 @@ from typing import Any, cast
 
 import pytest
 
-from engine.log.partition_log import PartitionLog
+from engine.log.partition_log import AppendResult, PartitionLog
 from grpc_api.config import ServerConfig
 from grpc_api.errors import NotReadyError
-from grpc_api.runtime import Runtime, SerialLane
+from grpc_api.runtime import AppendLane, Runtime
 
 
 class FakeLog:
@@ -117,39 +117,112 @@ def test_run_executes_on_a_worker_thread(runtime: Runtime) -> None:
     assert asyncio.run(scenario()).startswith("moldau-worker")
 
 
-def test_serial_lane_runs_in_order_and_delivers_errors(runtime: Runtime) -> None:
-    order: list[int] = []
+class FakeDurableLog:
+    """Counts durability waits; fails them while ``fail`` is set."""
 
-    def step(n: int) -> int:
+    def __init__(self) -> None:
+        self.waits: list[int] = []
+        self.fail = False
+
+    def wait_durable(self, end_offset: int) -> None:
+        self.waits.append(end_offset)
+        if self.fail:
+            raise OSError("fsync failed")
+
+
+def _appender(
+    log: FakeDurableLog,
+    order: list[int],
+    gate: threading.Event | None = None,
+    entered: threading.Event | None = None,
+) -> Callable[[int], tuple[FakeDurableLog, AppendResult]]:
+    def append(n: int) -> tuple[FakeDurableLog, AppendResult]:
+        if entered is not None:
+            entered.set()
+        if gate is not None:
+            gate.wait(5)
         if n == 3:
             raise ValueError("three")
         order.append(n)
-        return n * 10
+        return log, AppendResult(n * 10, n * 10 + 9, -1)
+
+    return append
+
+
+def test_append_lane_runs_in_order_and_delivers_errors(runtime: Runtime) -> None:
+    order: list[int] = []
+    log = FakeDurableLog()
+    append = _appender(log, order)
 
     async def scenario() -> list[object]:
-        lane = SerialLane(runtime.executor)
-        futures = [lane.submit(functools.partial(step, n)) for n in range(6)]
+        lane = AppendLane(runtime.executor)
+        futures = [lane.submit(functools.partial(append, n)) for n in range(6)]
         return await asyncio.gather(*futures, return_exceptions=True)
 
     results = asyncio.run(scenario())
     assert order == [0, 1, 2, 4, 5]
-    assert results[:3] == [0, 10, 20]
+    assert [cast(AppendResult, r).base_offset for r in results[:3]] == [0, 10, 20]
     assert isinstance(results[3], ValueError)
-    assert results[4:] == [40, 50]
+    assert [cast(AppendResult, r).base_offset for r in results[4:]] == [40, 50]
+    assert log.waits[-1] == 60  # everything waited for, the last wait covering the end
+
+
+def test_append_lane_groups_calls_queued_during_a_wait(runtime: Runtime) -> None:
+    """Calls queued while the first group runs share one durability wait."""
+    gate, entered = threading.Event(), threading.Event()
+    order: list[int] = []
+    log = FakeDurableLog()
+    first = _appender(log, order, gate, entered)
+    rest = _appender(log, order)
+
+    async def scenario() -> list[object]:
+        lane = AppendLane(runtime.executor)
+        futures = [lane.submit(functools.partial(first, 0))]
+        assert await asyncio.to_thread(entered.wait, 5)  # the drain job took [0] and waits
+        futures += [lane.submit(functools.partial(rest, n)) for n in (1, 2, 4)]
+        gate.set()
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    results = asyncio.run(scenario())
+    assert order == [0, 1, 2, 4]
+    assert log.waits == [10, 50]
+    assert not any(isinstance(r, BaseException) for r in results)
+
+
+def test_failed_durability_wait_fails_the_whole_group(runtime: Runtime) -> None:
+    log = FakeDurableLog()
+    log.fail = True
+    append = _appender(log, [])
+
+    async def scenario() -> list[object]:
+        lane = AppendLane(runtime.executor)
+        futures = [lane.submit(functools.partial(append, n)) for n in (0, 1, 3)]
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    results = asyncio.run(scenario())
+    assert [type(r) for r in results] == [OSError, OSError, ValueError]
 
 
 def test_closed_lane_cancels_calls_not_started(runtime: Runtime) -> None:
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
     ran: list[int] = []
+    log = FakeDurableLog()
 
-    def blocked() -> None:
+    def blocked() -> tuple[FakeDurableLog, AppendResult]:
+        entered.set()
         gate.wait(5)
         ran.append(0)
+        return log, AppendResult(0, 0, -1)
+
+    def second_call() -> tuple[FakeDurableLog, AppendResult]:
+        ran.append(1)
+        return log, AppendResult(1, 1, -1)
 
     async def scenario() -> tuple[bool, bool]:
-        lane = SerialLane(runtime.executor)
+        lane = AppendLane(runtime.executor)
         first = lane.submit(blocked)
-        second = lane.submit(lambda: ran.append(1))
+        assert await asyncio.to_thread(entered.wait, 5)  # the drain job is inside ``blocked``
+        second = lane.submit(second_call)
         lane.close()
         gate.set()
         await first
