@@ -16,7 +16,9 @@ with default configs, and the problem is logged.
 
 Concurrency: topic creation and deletion take ``_lock``; per-partition work is the partition's.
 A background thread flushes ``durability=async`` partitions every ``flush.ms`` and applies
-retention every ``retention_check_interval_ms``.
+retention every ``retention_check_interval_ms``; every ``compaction_check_interval_ms`` it hands
+the ``cleanup.policy=compact`` partitions to the log cleaner's own thread, so a long compaction
+never delays those flushes.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from engine.errors import (
     UnknownPartitionError,
     UnknownTopicError,
 )
+from engine.log.compaction import LogCleaner
 from engine.log.fileio import FileIO, OsFileIO
 from engine.log.files import DELETED_SUFFIX, parse_partition_dir_name, partition_dir_name
 from engine.log.partition_log import AppendResult, PartitionLog, ReadResult
@@ -74,6 +77,7 @@ class BrokerSettings:
     max_topics: int = 100_000
     maintenance_interval_ms: int = 200
     retention_check_interval_ms: int = 300_000
+    compaction_check_interval_ms: int = 30_000
     default_overrides: Mapping[str, str] | None = None
 
 
@@ -105,6 +109,8 @@ class Broker:
         self._stop = threading.Event()
         self._maintenance: threading.Thread | None = None
         self._last_retention = clock.monotonic()
+        self._cleaner = LogCleaner(fileio, clock)
+        self._last_compaction = clock.monotonic()
         self.recovery_events = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -211,6 +217,7 @@ class Broker:
                 target=self._maintenance_loop, name="moldau-maintenance", daemon=True
             )
             self._maintenance.start()
+            self._cleaner.start()
 
     def _maintenance_loop(self) -> None:
         interval = self.settings.maintenance_interval_ms / 1000.0
@@ -220,14 +227,22 @@ class Broker:
             except Exception:  # the loop must survive one partition's failure
                 log.exception("maintenance pass failed")
 
-    def run_maintenance(self, *, force_retention: bool = False) -> None:
-        """One pass: flush due async partitions, apply retention when its interval passed."""
+    def run_maintenance(
+        self, *, force_retention: bool = False, force_compaction: bool = False
+    ) -> None:
+        """One pass: flush due async partitions, apply retention and compaction when due.
+
+        ``force_compaction`` compacts in the calling thread and returns when it is done.
+        """
         now = self._clock.monotonic()
         retention_due = force_retention or (
             now - self._last_retention >= self.settings.retention_check_interval_ms / 1000.0
         )
         if retention_due:
             self._last_retention = now
+        compaction_due = force_compaction or (
+            now - self._last_compaction >= self.settings.compaction_check_interval_ms / 1000.0
+        )
         for topic in list(self._topics.values()):
             for partition in topic.partitions:
                 if partition.config.durability == "async":
@@ -237,12 +252,18 @@ class Broker:
                         log.exception("flush of %s failed", partition.directory)
                 if retention_due:
                     partition.apply_retention()
+        if compaction_due:
+            self._last_compaction = now
+            compacted = [p for t in list(self._topics.values()) for p in t.partitions]
+            compacted = [p for p in compacted if p.config.compact]
+            self._cleaner.submit(compacted, wait=force_compaction)
 
     def close(self) -> None:
         """Stop maintenance, flush and close every partition cleanly, release the directory."""
         self._stop.set()
         if self._maintenance is not None:
             self._maintenance.join()
+        self._cleaner.close()
         with self._lock:
             for topic in self._topics.values():
                 for partition in topic.partitions:

@@ -42,6 +42,7 @@ from engine.errors import (
     OffsetOutOfRangeError,
     StorageError,
 )
+from engine.log.compaction import finish_interrupted_swaps
 from engine.log.fileio import FileIO, OsFileIO
 from engine.log.files import (
     CLEAN_SHUTDOWN_FILE,
@@ -97,6 +98,7 @@ class ReadResult:
 class _PendingDelete:
     segment: LogSegment
     due_monotonic: float
+    unlink: bool = True  # False: a compacted segment now owns the file names; only close
 
 
 @dataclass(slots=True)
@@ -171,6 +173,11 @@ class PartitionLog:
                 segment = LogSegment.open(
                     directory, base, config, fileio, writable=is_last, rebuild=needs_scan
                 )
+                max_offset = None if is_last else bases[i + 1]
+                if max_offset is not None and segment.next_offset > max_offset:
+                    # corruption fix: a trusted segment whose offsets run into the next one (a
+                    # flipped base offset) would make the next scan reject all of its batches
+                    segment.needs_recovery = "offsets run past the next segment's base offset"
                 if segment.needs_recovery and not needs_scan:
                     log.warning("segment %s needs recovery: %s", base, segment.needs_recovery)
                     needs_scan = True
@@ -179,7 +186,10 @@ class PartitionLog:
                     report.segments_scanned += 1
                     report.bytes_scanned += segment.size
                     report.events.extend(
-                        recover_segment(segment, fileio, is_last=is_last, min_offset=min_offset)
+                        recover_segment(
+                            segment, fileio, is_last=is_last, min_offset=min_offset,
+                            max_offset=max_offset,
+                        )
                     )
                     segment.flush()
                     if not is_last:
@@ -208,7 +218,10 @@ class PartitionLog:
             for segment in self._segments:
                 segment.close()
             for pending in self._pending_deletes:
-                pending.segment.delete_files(self._fileio)
+                if pending.unlink:
+                    pending.segment.delete_files(self._fileio)
+                else:
+                    pending.segment.close()
             self._pending_deletes.clear()
 
     def abandon(self) -> None:
@@ -221,10 +234,11 @@ class PartitionLog:
     # ------------------------------------------------------------------ properties
 
     def _compute_log_start_offset(self) -> int:
+        # corruption fix: the first non-empty segment's base offset, not its first header's:
+        # a damaged header (not CRC-checked here) hid the rest of the segment below the start
         for segment in self._segments:
-            header = segment.first_header()
-            if header is not None:
-                return header.header.base_offset
+            if segment.size > 0:
+                return segment.base_offset
         return self._segments[-1].next_offset
 
     @property
@@ -461,12 +475,16 @@ class PartitionLog:
         log_start = self.log_start_offset
         if offset < log_start or offset > high_watermark:
             raise OffsetOutOfRangeError(offset, log_start, high_watermark)
+        if offset == high_watermark:  # caught up; no walk into a damaged tail for nothing
+            return ReadResult(b"", high_watermark, log_start)
         index = max(0, bisect.bisect_right(bases, offset) - 1)
-        for segment in segments[index:]:
+        for i in range(index, len(segments)):
+            segment = segments[i]
             if segment.base_offset >= high_watermark:
                 break
+            next_base = segments[i + 1].base_offset if i + 1 < len(segments) else None
             try:
-                data = self._read_segment(segment, offset, max_bytes, high_watermark)
+                data = self._read_segment(segment, offset, max_bytes, high_watermark, next_base)
             except OSError as exc:
                 if exc.errno == errno_codes.EBADF and not self._closed:
                     # the segment was deleted by retention while we read it
@@ -477,8 +495,19 @@ class PartitionLog:
         return ReadResult(b"", high_watermark, log_start)
 
     def _read_segment(
-        self, segment: LogSegment, offset: int, max_bytes: int, high_watermark: int
+        self,
+        segment: LogSegment,
+        offset: int,
+        max_bytes: int,
+        high_watermark: int,
+        next_base: int | None,
     ) -> bytes:
+        """Stored batches from the one holding ``offset``, each CRC- and offset-checked.
+
+        A corruption fix: base offsets are outside the CRC, so a batch is served only when its
+        offsets fit: after the previous batch, below the next segment's base offset, and, when
+        it follows a gap (where a flipped base offset lands), before a next batch that agrees.
+        """
         start = segment.find_position(offset)
         if start is None or start.header.base_offset >= high_watermark:
             return b""
@@ -487,13 +516,21 @@ class PartitionLog:
         view = memoryview(data)
         limit = self.config.max_message_bytes + LOG_OVERHEAD
         end = 0
+        served = 0  # batches up to here are served; a batch after a gap waits for its successor
+        previous_last = start.header.base_offset - 1
         while end + RECORD_BATCH_OVERHEAD <= len(data):
             header = header_from_prefix(view, limit, end)
             if header is None or end + header.size > len(data):
-                if header is None and end == 0:
+                if end == 0:
                     raise CorruptLogError(str(segment.log.path), start.position, "bad batch header")
                 break
-            if header.base_offset >= high_watermark:
+            if header.base_offset >= high_watermark or header.base_offset <= previous_last:
+                break
+            if next_base is not None and header.last_offset >= next_base:
+                if end == 0:
+                    raise CorruptLogError(
+                        str(segment.log.path), start.position, "offsets run into the next segment"
+                    )
                 break
             try:
                 verify_crc(view, end, header)
@@ -501,9 +538,13 @@ class PartitionLog:
                 if end == 0:
                     raise CorruptLogError(str(segment.log.path), start.position, str(exc)) from exc
                 break
+            served = end  # the previous batch is confirmed by this one following it in order
+            if end == 0 or header.base_offset == previous_last + 1:
+                served = end + header.size
+            previous_last = header.last_offset
             end += header.size
         view.release()
-        return data[:end] if end != len(data) else data
+        return data[:served] if served != len(data) else data
 
     def offset_for_time(self, timestamp: int) -> int | None:
         """The first offset of the first batch whose max timestamp is >= ``timestamp``."""
@@ -566,10 +607,12 @@ class PartitionLog:
         now = self._clock.monotonic()
         still: list[_PendingDelete] = []
         for pending in self._pending_deletes:
-            if pending.due_monotonic <= now:
+            if pending.due_monotonic > now:
+                still.append(pending)
+            elif pending.unlink:
                 pending.segment.delete_files(self._fileio)
             else:
-                still.append(pending)
+                pending.segment.close()
         deleted = len(self._pending_deletes) - len(still)
         self._pending_deletes = still
         if deleted:
@@ -579,19 +622,43 @@ class PartitionLog:
         """A snapshot of the segment list (oldest first)."""
         return list(self._segments)
 
-    def replace_segments(self, old: list[LogSegment], new: list[LogSegment]) -> None:
-        """Swap cleaned segments in for ``old`` (compaction); ``old`` must be a sealed run."""
+    def replace_segments(
+        self,
+        old: list[LogSegment],
+        new: list[LogSegment] | Callable[[], list[LogSegment]],
+    ) -> None:
+        """Swap cleaned segments in for ``old`` (compaction); ``old`` must be a sealed run.
+
+        ``new`` may be a function that moves the new files into place and opens them: it runs
+        under the lock once ``old`` is known to be current, so retention cannot drop ``old``
+        in between. If it fails the partition goes read-only; the next open finishes the
+        swap. Old segments are closed 30 s later (readers hold them); their files are then
+        unlinked unless a new segment took their names.
+
+        Raises:
+            ValueError: ``old`` is no longer a run of the current segments, or the partition
+                was closed (its directory may already hold another topic's files).
+            StorageError: ``new`` failed at a file operation.
+        """
         with self._lock:
             current = self._segments
             start = current.index(old[0])
-            if current[start : start + len(old)] != old:
-                raise ValueError("segments changed during compaction")
+            if current[start : start + len(old)] != old or self._closed:
+                raise ValueError("segments changed (or the partition closed) during compaction")
+            if callable(new):
+                try:
+                    new = new()
+                except OSError as exc:
+                    self._fail_read_only(f"compaction swap failed: {exc}")
+                    raise self._storage_error("swap segments in", self.directory, exc) from exc
             self._segments = [*current[:start], *new, *current[start + len(old) :]]
             self._bases = [s.base_offset for s in self._segments]
             self._log_start_offset = self._compute_log_start_offset()
         due = self._clock.monotonic() + 30.0
+        reused = {s.base_offset for s in new}
         for segment in old:
-            self._pending_deletes.append(_PendingDelete(segment, due))
+            unlink = segment.base_offset not in reused
+            self._pending_deletes.append(_PendingDelete(segment, due, unlink))
 
     def delete(self) -> None:
         """Remove the partition's files (topic deletion)."""
@@ -618,6 +685,7 @@ def _rebased(header: BatchHeader, base_offset: int, log_append_time: int) -> Bat
 
 def _list_segments(directory: Path, fileio: FileIO) -> list[int]:
     """Base offsets of the ``.log`` files; leftovers of interrupted work are removed first."""
+    finish_interrupted_swaps(directory, fileio)  # before .swap leftovers are removed below
     bases: set[int] = set()
     derived: list[tuple[int, Path]] = []
     for entry in os.scandir(directory):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from engine.log.fileio import FileIO
 from engine.log.files import QUARANTINE_DIR, SWAP_SUFFIX, segment_file_name
-from engine.log.segment import LogSegment, header_from_prefix
+from engine.log.segment import LogSegment, base_offset_flipped, header_from_prefix
 from engine.records.batch import LOG_OVERHEAD, RECORD_BATCH_OVERHEAD, BatchHeader, verify_crc
 from engine.records.errors import RecordError
 
@@ -53,9 +53,12 @@ class RecoveryEvent:
 
 
 def _valid_batch_at(
-    segment: LogSegment, position: int, end: int, min_offset: int
+    segment: LogSegment, position: int, end: int, min_offset: int, max_offset: int | None
 ) -> BatchHeader | None:
-    """The batch at ``position`` when it is whole, CRC-valid and in offset order."""
+    """The batch at ``position`` when it is whole, CRC-valid and in offset order.
+
+    ``max_offset`` (the next segment's base offset) bounds the batch's offsets from above.
+    """
     if position + RECORD_BATCH_OVERHEAD > end:
         return None
     raw = segment.log.pread(RECORD_BATCH_OVERHEAD, position)
@@ -67,6 +70,7 @@ def _valid_batch_at(
         or position + header.size > end
         or header.base_offset < min_offset
         or header.last_offset - segment.base_offset > _MAX_RELATIVE_OFFSET
+        or (max_offset is not None and header.last_offset >= max_offset)
     ):
         return None
     data = segment.log.pread(header.size, position)
@@ -77,7 +81,9 @@ def _valid_batch_at(
     return header
 
 
-def _find_next_valid(segment: LogSegment, start: int, end: int, min_offset: int) -> int | None:
+def _find_next_valid(
+    segment: LogSegment, start: int, end: int, min_offset: int, max_offset: int | None
+) -> int | None:
     """Position of the next valid batch after damage, by scanning for magic bytes."""
     chunk_start = start
     while chunk_start < end:
@@ -87,7 +93,9 @@ def _find_next_valid(segment: LogSegment, start: int, end: int, min_offset: int)
         index = chunk.find(b"\x02")
         while index >= 0:
             candidate = chunk_start + index - _MAGIC_POSITION
-            if candidate >= start and _valid_batch_at(segment, candidate, end, min_offset):
+            if candidate >= start and _valid_batch_at(
+                segment, candidate, end, min_offset, max_offset
+            ):
                 return candidate
             index = chunk.find(b"\x02", index + 1)
         chunk_start += len(chunk)
@@ -143,27 +151,97 @@ def _quarantine(segment: LogSegment, fileio: FileIO, start: int, end: int) -> Pa
     return target
 
 
+def _header_at(segment: LogSegment, position: int, end: int) -> BatchHeader | None:
+    if position + RECORD_BATCH_OVERHEAD > end:
+        return None
+    raw = segment.log.pread(RECORD_BATCH_OVERHEAD, position)
+    if len(raw) < RECORD_BATCH_OVERHEAD:
+        return None
+    return header_from_prefix(raw, segment.config.max_message_bytes + LOG_OVERHEAD)
+
+
+@dataclass(frozen=True, slots=True)
+class _Unconfirmed:
+    """A valid batch after a gap, indexed only once a later batch agrees with its offsets."""
+
+    position: int
+    header: BatchHeader
+    expected: int  # the offset it would start at had it followed the batch before it
+    exact: bool  # False when damage came between: ``expected`` is only a lower bound
+
+
+def _flipped_before(
+    segment: LogSegment, pending: _Unconfirmed, start: int, end: int, max_offset: int | None
+) -> int | None:
+    """Where the damage after ``pending`` ends, if the next valid batch shows that
+    ``pending`` is damaged too (its base offset, outside the CRC, was flipped upward)."""
+    following = _find_next_valid(segment, start, end, pending.expected, max_offset)
+    if following is None:
+        return None
+    header = _header_at(segment, following, end)
+    if header is None:
+        return None
+    after = _header_at(segment, following + header.size, end)
+    flipped = base_offset_flipped(pending.header, pending.expected, header, after,
+                                  exact=pending.exact, compacted=segment.config.compact)
+    return following if flipped else None
+
+
 def recover_segment(
-    segment: LogSegment, fileio: FileIO, *, is_last: bool, min_offset: int
+    segment: LogSegment,
+    fileio: FileIO,
+    *,
+    is_last: bool,
+    min_offset: int,
+    max_offset: int | None = None,
 ) -> list[RecoveryEvent]:
-    """Validate every batch of ``segment``, rebuild its indexes, cut or quarantine damage."""
+    """Validate every batch of ``segment``, rebuild its indexes, cut or quarantine damage.
+
+    Batches must have offsets from ``min_offset`` (past the previous segment's) up to, not
+    including, ``max_offset`` (the next segment's base offset; None for the last segment).
+
+    A corruption fix: the CRC does not cover the base offset, so a batch that jumps a gap
+    is held until a later valid batch agrees with it. If the next valid batch, right after it
+    or past damage, instead starts where it should have (see
+    :func:`~engine.log.segment.base_offset_flipped`), the gap-jumping batch is quarantined
+    with the damage. Accepting it would have rejected every later batch as out of order.
+    """
     events: list[RecoveryEvent] = []
     segment.offset_index.reset()
     segment.time_index.reset()
     segment.rebuild_state_reset()
     position = 0
     next_offset = max(min_offset, segment.base_offset)
+    pending: _Unconfirmed | None = None
+    exact = True  # ``next_offset`` is where the last valid batch ended, no damage since
     while True:
         end = segment.log.size()
         if position >= end:
             break
-        header = _valid_batch_at(segment, position, end, next_offset)
+        header = _valid_batch_at(segment, position, end, next_offset, max_offset)
         if header is not None:
-            segment.index_recovered_batch(position, header)
+            if pending is not None:
+                segment.index_recovered_batch(pending.position, pending.header)
+                pending = None
+            if header.base_offset > next_offset:
+                pending = _Unconfirmed(position, header, next_offset, exact)
+            else:
+                segment.index_recovered_batch(position, header)
             position += header.size
             next_offset = header.next_offset
+            exact = True
             continue
-        following = _find_next_valid(segment, position + 1, end, next_offset)
+        exact = False
+        following = None
+        if pending is not None:
+            following = _flipped_before(segment, pending, position, end, max_offset)
+            if following is not None:
+                position, next_offset = pending.position, pending.expected
+            else:
+                segment.index_recovered_batch(pending.position, pending.header)
+            pending = None
+        if following is None:
+            following = _find_next_valid(segment, position + 1, end, next_offset, max_offset)
         if following is None and is_last:
             events.append(
                 RecoveryEvent("truncated", segment.base_offset, position, end - position,
@@ -192,5 +270,7 @@ def recover_segment(
             "(last valid offset before %d, next valid offset %d)",
             segment.log.path, stop - position, position, target, next_offset - 1, next_valid,
         )
+    if pending is not None:  # nothing after it to disagree: keep it
+        segment.index_recovered_batch(pending.position, pending.header)
     segment.next_offset = max(next_offset, segment.base_offset)
     return events
