@@ -509,8 +509,14 @@ class PartitionLog:
         it follows a gap (where a flipped base offset lands), before a next batch that agrees.
         """
         start = segment.find_position(offset)
-        if start is None or start.header.base_offset >= high_watermark:
+        if start is None:
             return b""
+        if start.header.base_offset >= high_watermark:
+            # corruption fix: below the high watermark every offset is in, or in a gap before,
+            # a batch that starts below it; reading on as if nothing were here skips that batch
+            raise CorruptLogError(
+                str(segment.log.path), start.position, "batch offsets past the high watermark"
+            )
         size = max(max_bytes, start.header.size)
         data = segment.read(start.position, size)
         view = memoryview(data)

@@ -27,6 +27,7 @@ from engine.records.compression import Codec
 SEED = int(os.environ.get("MOLDAU_SEED", str(random.randrange(2**32))))
 TRIALS = int(os.environ.get("MOLDAU_SCRUB_TRIALS", "400"))
 EPOCH_BYTES = range(12, 16)  # partitionLeaderEpoch: outside the CRC, read by nobody
+AT = f"MOLDAU_SEED={SEED}"  # the fixture's content comes from the seed
 
 
 def _fill(log: PartitionLog, rng: random.Random, batches: int) -> None:
@@ -79,10 +80,10 @@ def log(tmp_path: Path) -> Iterator[PartitionLog]:
 
 def test_an_intact_log_scrubs_clean(log: PartitionLog) -> None:
     report = scrub(log)
-    assert report.clean, report.damaged
-    assert report.segments_scanned == log.segment_count > 3
-    assert report.bytes_scanned == log.size_bytes
-    assert report.batches_checked == 120
+    assert report.clean, f"{AT}: {report.damaged}"
+    assert report.segments_scanned == log.segment_count > 3, AT
+    assert report.bytes_scanned == log.size_bytes, AT
+    assert report.batches_checked == 120, AT
 
 
 def test_every_single_flip_in_a_sealed_segment_is_found_and_placed(log: PartitionLog) -> None:
@@ -107,7 +108,7 @@ def test_every_single_flip_in_a_sealed_segment_is_found_and_placed(log: Partitio
         assert (damaged.path, damaged.position, damaged.length) == (
             str(path), item.position, item.header.size
         ), f"{where}: {damaged}"
-    assert scrub(log).clean
+    assert scrub(log).clean, AT
 
 
 def test_every_multi_flip_in_a_sealed_segment_is_found(log: PartitionLog) -> None:
@@ -152,21 +153,21 @@ def test_every_multi_flip_in_a_sealed_segment_is_found(log: PartitionLog) -> Non
                        and i.position < damaged.position + damaged.length for i in hit), (
                 f"MOLDAU_SEED={SEED} trial={trial}: {damaged} holds no flipped batch"
             )
-    assert scrub(log).clean
+    assert scrub(log).clean, AT
 
 
 def test_a_damaged_range_says_where_and_between_which_offsets(log: PartitionLog) -> None:
     path, item = list(_batches(log))[7]
     _flip(path, item.position + item.header.size - 1, 0)  # inside the records: CRC
     report = scrub(log)
-    assert len(report.damaged) == 1
+    assert len(report.damaged) == 1, f"{AT}: {report.damaged}"
     damaged = report.damaged[0]
     segment = next(s for s in log.segments() if s.log.path == path)
-    assert damaged.segment_base_offset == segment.base_offset
-    assert (damaged.position, damaged.length) == (item.position, item.header.size)
-    assert damaged.last_valid_offset == item.header.base_offset - 1
-    assert damaged.next_valid_offset == item.header.next_offset
-    assert "CRC" in damaged.reason
+    assert damaged.segment_base_offset == segment.base_offset, f"{AT}: {damaged}"
+    assert (damaged.position, damaged.length) == (item.position, item.header.size), AT
+    assert damaged.last_valid_offset == item.header.base_offset - 1, AT
+    assert damaged.next_valid_offset == item.header.next_offset, AT
+    assert "CRC" in damaged.reason, f"{AT}: {damaged}"
 
 
 def test_a_flipped_base_offset_is_blamed_on_its_batch(log: PartitionLog) -> None:
@@ -174,10 +175,9 @@ def test_a_flipped_base_offset_is_blamed_on_its_batch(log: PartitionLog) -> None
     path, item = list(_batches(log))[5]
     _flip(path, item.position + 5, 2)  # + 2**18
     report = scrub(log)
-    assert [(d.position, d.length) for d in report.damaged] == [
-        (item.position, item.header.size)
-    ]
-    assert "offset" in report.damaged[0].reason
+    where = [(d.position, d.length) for d in report.damaged]
+    assert where == [(item.position, item.header.size)], f"{AT}: {report.damaged}"
+    assert "offset" in report.damaged[0].reason, f"{AT}: {report.damaged}"
 
 
 def test_the_active_segment_is_checked_up_to_the_high_watermark(log: PartitionLog) -> None:
@@ -187,15 +187,15 @@ def test_the_active_segment_is_checked_up_to_the_high_watermark(log: PartitionLo
     report = scrub(log)
     assert [(d.segment_base_offset, d.position) for d in report.damaged] == [
         (active.base_offset, first.position)
-    ]
+    ], f"{AT}: {report.damaged}"
 
 
 def test_a_flipped_leader_epoch_is_invisible(log: PartitionLog) -> None:
     """The documented blind spot: no checksum covers it, and readers get intact records."""
     path, item = list(_batches(log))[3]
     _flip(path, item.position + 14, 6)
-    assert scrub(log).clean
-    assert log.read(item.header.base_offset, 1).data
+    assert scrub(log).clean, AT
+    assert log.read(item.header.base_offset, 1).data, AT
 
 
 def test_scrub_only_reads(log: PartitionLog) -> None:
@@ -208,8 +208,8 @@ def test_scrub_only_reads(log: PartitionLog) -> None:
                 for p in sorted(directory.rglob("*")) if p.is_file()}
 
     before = digest()
-    assert not scrub(log).clean
-    assert digest() == before
+    assert not scrub(log).clean, AT
+    assert digest() == before, AT
 
 
 class _GatedIO(OsFileIO):
