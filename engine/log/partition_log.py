@@ -527,7 +527,7 @@ class PartitionLog:
         while end + RECORD_BATCH_OVERHEAD <= len(data):
             header = header_from_prefix(view, limit, end)
             if header is None or end + header.size > len(data):
-                if end == 0:
+                if header is None and end == 0:
                     raise CorruptLogError(str(segment.log.path), start.position, "bad batch header")
                 break
             if header.base_offset >= high_watermark or header.base_offset <= previous_last:

@@ -296,7 +296,7 @@ class LogSegment:
                 return found
             if attempt == 0:
                 self.rebuild_indexes()  # the index entry does not point at its batch
-        raise self._corrupt(position, "the offset index does not match the log after a rebuild")
+        return None
 
     def _walk_to(
         self, offset: int, entry_offset: int, start: int
@@ -494,9 +494,9 @@ def base_offset_flipped(
     after ``header``, ``after`` the one after that, if known. Intact, ``following`` starts
     past ``header``'s last offset. When it starts inside it, at a place ``header`` could have
     started before, one of the two base offsets changed. ``header`` is the one when
-    ``following`` starts exactly where it would after an exact ``expected``, or the log has no
-    gaps but damaged ones (not ``compacted``), or ``after`` directly follows ``following``
-    (two batches agreeing against one).
+    ``following`` starts exactly where it would after an exact ``expected``, or ``after``
+    directly follows ``following`` (two batches agreeing against one). With no ``after`` to
+    ask, it is ``header`` when the log has no gaps but damaged ones (not ``compacted``).
     """
     width = header.last_offset_delta + 1
     if (
@@ -505,9 +505,11 @@ def base_offset_flipped(
         or following.base_offset - width < expected
     ):
         return False
-    if (exact and following.base_offset == expected + width) or not compacted:
+    if exact and following.base_offset == expected + width:
         return True
-    return after is not None and after.base_offset == following.last_offset + 1
+    if after is not None:
+        return after.base_offset == following.last_offset + 1
+    return not compacted
 
 
 def _in_order(header: BatchHeader, previous_last: int, base_offset: int) -> bool:
