@@ -25,6 +25,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 from engine.broker import Broker
+from engine.groups import GroupCoordinator
 from engine.log.partition_log import AppendResult, PartitionLog
 from grpc_api.config import ServerConfig
 from grpc_api.errors import NotReadyError
@@ -186,11 +187,23 @@ class Runtime:
             max_workers=config.worker_threads, thread_name_prefix="moldau-worker"
         )
         self._broker: Broker | None = None
+        self._coordinator: GroupCoordinator | None = None
         self._watches: set[Watch] = set()
+        #: Called (on the event loop) when shutdown begins; long-lived calls that wait on
+        #: something other than a partition register here to end promptly.
+        self.shutdown_callbacks: set[Callable[[], None]] = set()
         self.closing = False
 
-    def set_broker(self, broker: Broker) -> None:
+    def set_broker(self, broker: Broker, coordinator: GroupCoordinator | None = None) -> None:
         self._broker = broker
+        self._coordinator = coordinator
+
+    def coordinator(self) -> GroupCoordinator:
+        """The group coordinator; UNAVAILABLE while the broker is opening or closing."""
+        self.broker()
+        if self._coordinator is None:
+            raise NotReadyError("the group coordinator is still opening; retry shortly")
+        return self._coordinator
 
     def broker(self) -> Broker:
         """The open broker; UNAVAILABLE while it is opening or once shutdown began."""
@@ -229,3 +242,5 @@ class Runtime:
         self.closing = True
         for watch in list(self._watches):
             watch.wake()
+        for callback in list(self.shutdown_callbacks):
+            callback()

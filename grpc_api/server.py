@@ -25,16 +25,21 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from engine.broker import Broker, BrokerSettings
+from engine.clock import SystemClock
 from engine.errors import EngineError
+from engine.groups import GroupCoordinator
 from grpc_api.admin import AdminServicer
 from grpc_api.config import ConfigError, ServerConfig, load_config
 from grpc_api.fetch import FetchServicer, add_fetch_service
+from grpc_api.groups import GroupServicer, run_group_maintenance
 from grpc_api.produce import ProduceServicer
 from grpc_api.runtime import Runtime
 from moldau.v1 import (
     admin_pb2,
     admin_pb2_grpc,
     fetch_pb2,
+    groups_pb2,
+    groups_pb2_grpc,
     produce_pb2,
     produce_pb2_grpc,
 )
@@ -48,6 +53,7 @@ SERVICE_NAMES: tuple[str, ...] = (
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     produce_pb2.DESCRIPTOR.services_by_name["ProduceService"].full_name,
     fetch_pb2.DESCRIPTOR.services_by_name["FetchService"].full_name,
+    groups_pb2.DESCRIPTOR.services_by_name["GroupService"].full_name,
 )
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -79,6 +85,7 @@ def build_server(runtime: Runtime, health_servicer: Any) -> Any:
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(runtime), server)
     produce_pb2_grpc.add_ProduceServiceServicer_to_server(ProduceServicer(runtime), server)
     add_fetch_service(FetchServicer(runtime), server)
+    groups_pb2_grpc.add_GroupServiceServicer_to_server(GroupServicer(runtime), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -106,15 +113,15 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
         return 1
     await server.start()
     try:
-        settings = BrokerSettings(default_overrides=dict(config.topic_defaults) or None)
-        broker = await runtime.run(lambda: Broker.open(config.data_dir, settings=settings))
+        broker, coordinator = await runtime.run(_open_storage, config)
     except (EngineError, OSError) as exc:
         print(f"moldau: cannot open the data directory {config.data_dir}: {exc}",
               file=sys.stderr, flush=True)
         await server.stop(0)
         runtime.executor.shutdown()
         return 1
-    runtime.set_broker(broker)
+    runtime.set_broker(broker, coordinator)
+    maintenance = asyncio.create_task(run_group_maintenance(runtime, coordinator))
     if not stop.is_set():  # a SIGTERM during recovery skips straight to shutdown
         await health_state.set_all(_SERVING)
         host = config.host if ":" not in config.host else f"[{config.host}]"
@@ -123,6 +130,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     log.info("shutting down: finishing in-flight calls (grace %d ms)", config.shutdown_grace_ms)
     await health_state.servicer.enter_graceful_shutdown()
     runtime.begin_shutdown()
+    maintenance.cancel()
     await server.stop(config.shutdown_grace_ms / 1000.0)
     # appends of calls cancelled at the end of the grace period may still be running: let them
     # finish before the partitions are closed, so none fails half-way
@@ -130,6 +138,17 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     await asyncio.to_thread(broker.close)
     log.info("stopped; the data directory was closed cleanly")
     return 0
+
+
+def _open_storage(config: ServerConfig) -> tuple[Broker, GroupCoordinator]:
+    """Worker thread: recover the partitions, then replay the committed group offsets."""
+    settings = BrokerSettings(default_overrides=dict(config.topic_defaults) or None)
+    broker = Broker.open(config.data_dir, settings=settings)
+    try:
+        return broker, GroupCoordinator.open(broker, SystemClock())
+    except BaseException:
+        broker.close()
+        raise
 
 
 def _install_signal_handlers(stop: asyncio.Event) -> None:

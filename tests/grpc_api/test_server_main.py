@@ -33,4 +33,5 @@ def test_service_names() -> None:
         "moldau.v1.AdminService",
         "moldau.v1.ProduceService",
         "moldau.v1.FetchService",
+        "moldau.v1.GroupService",
     )
