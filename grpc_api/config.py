@@ -56,6 +56,8 @@ class ServerConfig:
         worker_threads: Threads running blocking engine calls (appends wait for fsync there).
         shutdown_grace_ms: How long in-flight calls may take to finish on SIGTERM.
         log_level: Python logging level name.
+        metrics_listen: ``HOST:PORT`` of the Prometheus ``/metrics`` endpoint; empty (the
+            default) serves none.
         topic_defaults: Config overrides applied to every topic unless the topic sets its own.
     """
 
@@ -71,10 +73,16 @@ class ServerConfig:
     worker_threads: int = 16
     shutdown_grace_ms: int = 10_000
     log_level: str = "INFO"
+    metrics_listen: str = ""
     topic_defaults: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         parse_listen(self.listen)
+        if self.metrics_listen:
+            try:
+                parse_listen(self.metrics_listen)
+            except ConfigError as exc:
+                raise ConfigError(f"metrics_listen: {exc}") from None
         if not self.data_dir:
             raise ConfigError("data_dir must not be empty")
         for name in ("max_request_bytes", "max_batch_bytes", "max_fetch_bytes",

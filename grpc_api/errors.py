@@ -15,8 +15,10 @@ Each row adds a hint to the engine's message saying what the caller can do about
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
@@ -171,19 +173,61 @@ _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
 
 
+#: Called with (method, status code name, seconds) after every servicer call; see metrics.py.
+RpcObserver = Callable[[str, str, float], None]
+_observer: RpcObserver | None = None
+
+
+def set_rpc_observer(observer: RpcObserver | None) -> None:
+    """Report every call's outcome to ``observer`` (one per process: the server's metrics)."""
+    global _observer  # noqa: PLW0603  (one process-wide hook, set once at start-up)
+    _observer = observer
+
+
+def _method_name(method: Callable[..., Any]) -> str:
+    """``ProduceService/Produce`` from the servicer method ``ProduceServicer.Produce``."""
+    owner, _, name = method.__qualname__.rpartition(".")
+    return f"{owner.removesuffix('r')}/{name}" if owner.endswith("Servicer") else name
+
+
+def _observe(name: str, code: str, started: float) -> None:
+    observer = _observer
+    if observer is not None:
+        observer(name, code, time.perf_counter() - started)
+
+
+def _code_name(exc: BaseException, context: Any) -> str:
+    if isinstance(exc, grpc.aio.AbortError):
+        code = context.code() if hasattr(context, "code") else None
+        return getattr(code, "name", "UNKNOWN") if code is not None else "UNKNOWN"
+    if isinstance(exc, asyncio.CancelledError):
+        return "CANCELLED"
+    code, _ = status_for(exc)
+    return str(code.name)
+
+
 def unary_errors(
     method: Callable[[_Self, _Request, Any], Awaitable[_Response]],
 ) -> Callable[[_Self, _Request, Any], Awaitable[_Response]]:
     """Translate exceptions of a unary servicer method into its call status."""
+    name = _method_name(method)
 
     @functools.wraps(method)
     async def wrapper(self: _Self, request: _Request, context: Any) -> _Response:
+        started = time.perf_counter()
         try:
-            return await method(self, request, context)
-        except grpc.aio.AbortError:
+            response = await method(self, request, context)
+        except grpc.aio.AbortError as exc:
+            _observe(name, _code_name(exc, context), started)
+            raise
+        except asyncio.CancelledError:
+            _observe(name, "CANCELLED", started)
             raise
         except Exception as exc:  # the translation boundary: every error maps to a status
+            _observe(name, _code_name(exc, context), started)
             await abort_with(context, exc)
+        _observe(name, "OK", started)
+        return response
 
     return wrapper
 
@@ -192,15 +236,23 @@ def stream_errors(
     method: Callable[[_Self, _Request, Any], AsyncIterator[_Response]],
 ) -> Callable[[_Self, _Request, Any], AsyncIterator[_Response]]:
     """Translate exceptions of a response-streaming servicer method into its call status."""
+    name = _method_name(method)
 
     @functools.wraps(method)
     async def wrapper(self: _Self, request: _Request, context: Any) -> AsyncIterator[_Response]:
+        started = time.perf_counter()
         try:
             async for item in method(self, request, context):
                 yield item
-        except grpc.aio.AbortError:
+        except grpc.aio.AbortError as exc:
+            _observe(name, _code_name(exc, context), started)
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            _observe(name, "CANCELLED", started)
             raise
         except Exception as exc:  # the translation boundary: every error maps to a status
+            _observe(name, _code_name(exc, context), started)
             await abort_with(context, exc)
+        _observe(name, "OK", started)
 
     return wrapper

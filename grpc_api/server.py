@@ -32,6 +32,7 @@ from grpc_api.admin import AdminServicer
 from grpc_api.config import ConfigError, ServerConfig, load_config
 from grpc_api.fetch import FetchServicer, add_fetch_service
 from grpc_api.groups import GroupServicer, run_group_maintenance
+from grpc_api.metrics import start_metrics
 from grpc_api.produce import ProduceServicer
 from grpc_api.runtime import Runtime
 from moldau.v1 import (
@@ -122,6 +123,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
         return 1
     runtime.set_broker(broker, coordinator)
     maintenance = asyncio.create_task(run_group_maintenance(runtime, coordinator))
+    metrics_server = _start_metrics(runtime, config)
     if not stop.is_set():  # a SIGTERM during recovery skips straight to shutdown
         await health_state.set_all(_SERVING)
         host = config.host if ":" not in config.host else f"[{config.host}]"
@@ -136,8 +138,25 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     # finish before the partitions are closed, so none fails half-way
     await asyncio.to_thread(runtime.executor.shutdown, True)
     await asyncio.to_thread(broker.close)
+    if metrics_server is not None:
+        metrics_server.shutdown()
     log.info("stopped; the data directory was closed cleanly")
     return 0
+
+
+def _start_metrics(runtime: Runtime, config: ServerConfig) -> Any:
+    """The metrics HTTP server, or None when off or the port is taken (the broker runs on)."""
+    if not config.metrics_listen:
+        return None
+    try:
+        metrics_server, port = start_metrics(runtime, config.metrics_listen)
+    except OSError as exc:
+        log.warning("metrics disabled: cannot listen on %s: %s", config.metrics_listen, exc)
+        return None
+    host = config.metrics_listen.rpartition(":")[0]
+    # stderr: stdout's first line is the "serving on" line that scripts and tests wait for
+    print(f"moldau metrics on http://{host}:{port}/metrics", file=sys.stderr, flush=True)
+    return metrics_server
 
 
 def _open_storage(config: ServerConfig) -> tuple[Broker, GroupCoordinator]:
@@ -171,6 +190,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-dir", metavar="DIR", help="data directory (default ./moldau-data)")
     parser.add_argument("--config", metavar="FILE", help="TOML config file (or MOLDAU_CONFIG)")
     parser.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument("--metrics-listen", metavar="HOST:PORT",
+                        help="serve Prometheus metrics at http://HOST:PORT/metrics (default off)")
     return parser.parse_args(argv)
 
 
@@ -182,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             args.config,
             environ=os.environ,
             overrides={"listen": args.listen, "data_dir": args.data_dir,
-                       "log_level": args.log_level},
+                       "log_level": args.log_level, "metrics_listen": args.metrics_listen},
         )
     except ConfigError as exc:
         print(f"moldau: {exc}", file=sys.stderr)

@@ -29,6 +29,7 @@ import errno as errno_codes
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -59,6 +60,7 @@ from engine.log.files import (
 from engine.log.producer_state import ProducerStateManager
 from engine.log.recovery import RecoveryEvent, recover_segment
 from engine.log.segment import LogSegment, header_from_prefix
+from engine.log.stats import LogStats
 from engine.records.batch import (
     LOG_OVERHEAD,
     RECORD_BATCH_OVERHEAD,
@@ -138,6 +140,7 @@ class PartitionLog:
         self._high_watermark = self._next_offset
         self._read_only_reason: str | None = None
         self._pending_deletes: list[_PendingDelete] = []
+        self.stats = LogStats()
         self._last_flush_monotonic = clock.monotonic()
         self._closed = False
         self._rebuild_producer_state()
@@ -315,6 +318,10 @@ class PartitionLog:
             raise self._storage_error("append to", segment.log.path, exc) from exc
         self._next_offset = stored.next_offset
         self._producers.update(stored, base_offset)
+        stats = self.stats
+        stats.appended_batches += 1
+        stats.appended_records += stored.next_offset - base_offset
+        stats.appended_bytes += stored.size
         if self.config.durability != "fsync":
             self._advance_high_watermark(self._next_offset)
         return AppendResult(base_offset, stored.last_offset, log_append_time)
@@ -395,6 +402,7 @@ class PartitionLog:
         self._check_writable()
         target = self._next_offset
         segment = self._segments[-1]
+        started = time.perf_counter()
         try:
             segment.log.fsync()
         except OSError as exc:
@@ -405,6 +413,7 @@ class PartitionLog:
                 str(segment.log.path),
                 exc.errno,
             ) from exc
+        self.stats.record_fsync(time.perf_counter() - started)
         self._advance_high_watermark(target)
         self._last_flush_monotonic = self._clock.monotonic()
 
@@ -491,6 +500,7 @@ class PartitionLog:
                     return self.read(max(offset, self.log_start_offset), max_bytes)
                 raise self._storage_error("read", segment.log.path, exc) from exc
             if data:
+                self.stats.read_bytes += len(data)
                 return ReadResult(data, high_watermark, log_start)
         return ReadResult(b"", high_watermark, log_start)
 

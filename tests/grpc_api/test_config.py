@@ -91,3 +91,11 @@ def test_parse_listen(listen: str, expected: tuple[str, int]) -> None:
 def test_parse_listen_rejects(listen: str) -> None:
     with pytest.raises(ConfigError, match="listen"):
         parse_listen(listen)
+
+
+def test_metrics_listen_is_off_by_default_and_checked() -> None:
+    assert load_config(environ={}).metrics_listen == ""
+    config = load_config(environ={"MOLDAU_METRICS_LISTEN": "127.0.0.1:9654"})
+    assert config.metrics_listen == "127.0.0.1:9654"
+    with pytest.raises(ConfigError, match="metrics_listen"):
+        load_config(overrides={"metrics_listen": "nonsense"})

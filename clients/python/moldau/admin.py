@@ -1,18 +1,22 @@
-"""Topic administration: :class:`AsyncAdmin`, and :class:`Admin` running it on a loop thread.
+"""Topic and group administration: :class:`AsyncAdmin`, and :class:`Admin` running it on a
+loop thread.
 
-Every method is one AdminService call; results are the frozen value objects of
-:mod:`moldau._types`, and failures are :mod:`moldau.errors` classes carrying the server's
-message (``TopicExistsError``, ``TopicNotFoundError``, ``InvalidRequestError`` ...).
+Every method is one AdminService or GroupService call; results are the frozen value objects of
+:mod:`moldau._types` and :mod:`moldau._group_types`, and failures are :mod:`moldau.errors`
+classes carrying the server's message (``TopicExistsError``, ``TopicNotFoundError``,
+``InvalidRequestError`` ...). The group methods (``list_groups``, ``describe_group``,
+``reset_offsets`` ...) are written in :mod:`moldau._group_admin` and inherited from there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 import grpc
 
+from moldau._group_admin import AsyncGroupAdminMixin, GroupAdminMixin
 from moldau._runtime import LoopThread, call, connection_error, open_channel, resolve_server
 from moldau._types import (
     PartitionInfo,
@@ -21,7 +25,7 @@ from moldau._types import (
     TopicSummary,
 )
 from moldau.errors import ClientClosedError, MoldauError
-from moldau.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+from moldau.v1 import admin_pb2, admin_pb2_grpc, common_pb2, groups_pb2_grpc
 
 __all__ = ["Admin", "AsyncAdmin", "OffsetSpecLike", "offset_spec"]
 
@@ -63,8 +67,8 @@ def _description(message: admin_pb2.TopicDescription) -> TopicDescription:
     )
 
 
-class AsyncAdmin:
-    """Creates, inspects, reconfigures and deletes topics.
+class AsyncAdmin(AsyncGroupAdminMixin):
+    """Creates, inspects, reconfigures and deletes topics; inspects, resets and deletes groups.
 
     Args:
         server: ``HOST:PORT``; default ``$MOLDAU_SERVER`` or 127.0.0.1:7654.
@@ -79,18 +83,33 @@ class AsyncAdmin:
         self._timeout_s = timeout_ms / 1000.0
         self._channel: grpc.aio.Channel | None = None
         self._stub: admin_pb2_grpc.AdminServiceStub | None = None
+        self._groups_stub: groups_pb2_grpc.GroupServiceStub | None = None
         self._closed = False
 
-    def _admin(self) -> admin_pb2_grpc.AdminServiceStub:
+    def _open(self) -> grpc.aio.Channel:
         if self._closed:
             raise ClientClosedError("the admin client is closed")
-        if self._stub is None:
+        if self._channel is None:
             self._channel = open_channel(self.server)
-            self._stub = admin_pb2_grpc.AdminServiceStub(self._channel)
+        return self._channel
+
+    def _admin(self) -> admin_pb2_grpc.AdminServiceStub:
+        if self._stub is None:
+            self._stub = admin_pb2_grpc.AdminServiceStub(self._open())
         return self._stub
 
+    def _groups(self) -> groups_pb2_grpc.GroupServiceStub:
+        if self._groups_stub is None:
+            self._groups_stub = groups_pb2_grpc.GroupServiceStub(self._open())
+        return self._groups_stub
+
     async def _call(self, name: str, request: object) -> object:
-        method = getattr(self._admin(), name)
+        return await self._invoke(getattr(self._admin(), name), request)
+
+    async def _group_call(self, name: str, request: object) -> object:
+        return await self._invoke(getattr(self._groups(), name), request)
+
+    async def _invoke(self, method: Any, request: object) -> object:
         try:
             return await call(method, request, self._timeout_s)
         except MoldauError as exc:
@@ -163,6 +182,7 @@ class AsyncAdmin:
 
     async def close(self) -> None:
         self._closed = True
+        self._stub = self._groups_stub = None
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
@@ -179,8 +199,10 @@ class AsyncAdmin:
         await self.close()
 
 
-class Admin:
+class Admin(GroupAdminMixin):
     """The blocking twin of :class:`AsyncAdmin`; same arguments, same results."""
+
+    _async: AsyncAdmin
 
     def __init__(self, server: str | None = None, *, timeout_ms: int = 30_000) -> None:
         self._async = AsyncAdmin(server, timeout_ms=timeout_ms)

@@ -1,4 +1,4 @@
-"""The ``moldau`` command: run the broker, manage topics, produce and consume from a shell.
+"""The ``moldau`` command: run the broker, manage topics and groups, produce and consume.
 
 Exit codes (the same for every command)::
 
@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, NoReturn, TextIO
 
+from moldau._cli_bench import add_bench_command, run_bench_command
+from moldau._cli_groups import add_groups_command, run_groups
 from moldau._cli_output import (
     decode_json_record,
     format_table,
@@ -95,10 +97,11 @@ def build_parser() -> _Parser:
     parser = _Parser(
         prog="moldau",
         description="Moldau: a Kafka-style event streaming engine. Run the broker, manage "
-        "topics, produce and consume records.",
+        "topics and consumer groups, produce and consume records.",
         epilog="examples:\n  moldau serve\n  moldau topics create orders --partitions 3\n"
         "  echo hello | moldau produce orders\n"
-        "  moldau consume orders --from-beginning --max-records 1\n\n"
+        "  moldau consume orders --from-beginning --max-records 1\n"
+        "  moldau groups describe billing\n\n"
         f"Run 'moldau COMMAND --help' for a command's options.\n\n{_EXIT_CODES}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -114,6 +117,8 @@ def build_parser() -> _Parser:
     serve.add_argument("--data-dir", metavar="DIR", help="data directory (default ./moldau-data)")
     serve.add_argument("--config", metavar="FILE", help="TOML config file (or $MOLDAU_CONFIG)")
     serve.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR")
+    serve.add_argument("--metrics-listen", metavar="HOST:PORT",
+                       help="serve Prometheus metrics at http://HOST:PORT/metrics (default off)")
 
     topics = _command(commands, "topics", "create, list, describe, alter and delete topics",
                       "  moldau topics list\n  moldau topics create orders --partitions 3")
@@ -176,6 +181,9 @@ def build_parser() -> _Parser:
     offsets.add_argument("--time", metavar="ISO8601", type=_time_arg,
                          help="also resolve the first offset at or after this time")
     offsets.add_argument("--output", choices=("table", "json"), default="table")
+
+    add_groups_command(commands, _command, _add_server)
+    add_bench_command(commands, _command)
     return parser
 
 
@@ -405,7 +413,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     argv: list[str] = []
     for flag, value in (("--listen", args.listen), ("--data-dir", args.data_dir),
-                        ("--config", args.config), ("--log-level", args.log_level)):
+                        ("--config", args.config), ("--log-level", args.log_level),
+                        ("--metrics-listen", args.metrics_listen)):
         if value is not None:
             argv += [flag, value]
     return serve_main(argv)
@@ -435,6 +444,8 @@ def main(
         "produce": lambda: _produce(args, stdin or sys.stdin, err),
         "consume": lambda: _consume(args, out),
         "offsets": lambda: _offsets(args, out),
+        "groups": lambda: run_groups(args, out, err),
+        "bench": lambda: run_bench_command(args, out, err),
     }
     try:
         return handlers[args.command]()
