@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m grpc_api --listen 127.0.0.1:7654 --data-dir ./moldau-data
+	$(PY) -m grpc_api --listen 127.0.0.1:7654 --data-dir ./moldau-data --metrics-listen 127.0.0.1:9654
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
@@ -67,6 +69,15 @@ def test_metrics_follow_produce_fetch_groups_and_errors(start_server: StartServe
                     (("method", "ProduceService/Produce"),))] == 3
     assert samples[("moldau_disk_free_bytes", ())] > 0
     assert samples[("moldau_topics", ())] >= 2  # orders and __consumer_offsets
+
+    # every metric the docs and the Grafana dashboard name exists
+    names = {name for name, _ in samples}
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    text = (docs / "metrics.md").read_text() + (docs / "grafana-dashboard.json").read_text()
+    documented = set(re.findall(r"moldau_[a-z_]+[a-z]", text))
+    assert documented
+    missing = [d for d in documented if not any(n.startswith(d) for n in names)]
+    assert missing == []
 
 
 def test_a_taken_metrics_port_does_not_stop_the_broker(start_server: StartServer) -> None:
