@@ -57,6 +57,7 @@ from engine.records.errors import (
 )
 
 __all__ = [
+    "ERROR_METADATA_KEY",
     "STATUS_TABLE",
     "ApiError",
     "InvalidRequestError",
@@ -159,12 +160,26 @@ def status_for(exc: BaseException) -> tuple[Any, str]:
     return _S.INTERNAL, f"internal error ({type(exc).__name__}); this is a bug, please report it"
 
 
+#: Trailing metadata key naming the error class (``StaleGenerationError``, ``UnknownTopicError``
+#: ...): a stable, machine-readable reason beside the human message.
+ERROR_METADATA_KEY = "moldau-error"
+
+
+def error_reason(exc: BaseException) -> str:
+    """The reason clients see: the error's class name, or ``InternalError`` for bugs."""
+    if isinstance(exc, ApiError) or any(cls in STATUS_TABLE for cls in type(exc).__mro__):
+        return type(exc).__name__
+    return "InternalError"
+
+
 async def abort_with(context: Any, exc: BaseException) -> NoReturn:
     """End the call with the status :func:`status_for` chooses for ``exc``."""
     code, message = status_for(exc)
     if code == _S.INTERNAL:
         log.error("unexpected error in a request: %r", exc, exc_info=exc)
-    await context.abort(code, message)
+    # the error class travels as trailing metadata, so clients need not parse the message
+    reason = ((ERROR_METADATA_KEY, error_reason(exc)),)
+    await context.abort(code, message, trailing_metadata=reason)
     raise AssertionError("context.abort returned")  # pragma: no cover  (it always raises)
 
 

@@ -37,3 +37,24 @@ def test_status_codes_map_to_the_tree() -> None:
     unknown = error_from_status(codes.DATA_LOSS, "damaged")
     assert isinstance(unknown, moldau.ServerError)
     assert unknown.code == codes.DATA_LOSS
+
+
+def test_the_server_error_class_decides_over_the_message() -> None:
+    import grpc
+
+    from moldau.errors import error_from_status
+
+    codes = grpc.StatusCode
+    cases = {
+        "UnknownGroupError": moldau.GroupNotFoundError,
+        "GroupNotEmptyError": moldau.GroupNotEmptyError,
+        "StaleGenerationError": moldau.StaleGenerationError,
+        "NotPartitionOwnerError": moldau.CommitFailedError,
+        "InconsistentAssignorError": moldau.GroupMembershipError,
+        "UnknownPartitionError": moldau.PartitionNotFoundError,
+    }
+    for reason, cls in cases.items():
+        assert type(error_from_status(codes.FAILED_PRECONDITION, "any words", reason)) is cls
+    # an unknown reason falls back to the status code and the wording
+    assert isinstance(error_from_status(codes.NOT_FOUND, "topic 'x'", "NewError"),
+                      moldau.TopicNotFoundError)

@@ -488,6 +488,7 @@ def test_describe_reports_lag_and_delete_needs_an_empty_group(
     with pytest.raises(grpc.RpcError) as caught:
         groups.DescribeGroup(pb.DescribeGroupRequest(group=group))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert ("moldau-error", "UnknownGroupError") in caught.value.trailing_metadata()
     assert not _fetch(groups, group)
 
 

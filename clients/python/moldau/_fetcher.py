@@ -35,8 +35,9 @@ from moldau.v1 import common_pb2, fetch_pb2, fetch_pb2_grpc
 __all__ = ["Chunk", "ChunkBuffer", "Fetcher"]
 
 _S = grpc.StatusCode
-_RETRIABLE = frozenset({_S.UNAVAILABLE, _S.CANCELLED, _S.INTERNAL, _S.UNKNOWN,
-                        _S.DEADLINE_EXCEEDED})
+_RETRIABLE = frozenset(
+    {_S.UNAVAILABLE, _S.CANCELLED, _S.INTERNAL, _S.UNKNOWN, _S.DEADLINE_EXCEEDED}
+)
 _MAX_BACKOFF_S = 2.0
 
 
@@ -53,12 +54,18 @@ class Chunk:
 
 
 class ChunkBuffer:
-    """Chunks from the loop thread to whoever polls; a deque under a condition."""
+    """Chunks from the loop thread to whoever polls; a deque under a condition.
+
+    :meth:`interrupt` wakes a poller for something other than a chunk (a group event); the
+    flag it sets makes the next :meth:`wait` return at once, so an interrupt that arrives
+    between the poller's check and its wait is not lost.
+    """
 
     def __init__(self) -> None:
         self.chunks: deque[Chunk] = deque()
         self.ready = threading.Condition()
         self.listeners: list[Callable[[], object]] = []
+        self.interrupted = False
 
     def put(self, chunk: Chunk) -> None:
         with self.ready:
@@ -72,11 +79,26 @@ class ChunkBuffer:
             return self.chunks.popleft() if self.chunks else None
 
     def wait(self, timeout_s: float) -> bool:
-        """Block until a chunk is available (True) or the timeout passes."""
+        """Block until a chunk is available (True), an interrupt, or the timeout passes."""
         with self.ready:
-            if not self.chunks:
+            if not self.chunks and not self.interrupted:
                 self.ready.wait(timeout_s)
+            self.interrupted = False
             return bool(self.chunks)
+
+    def take_interrupt(self) -> bool:
+        """Whether :meth:`interrupt` was called since the last wait (and clear it)."""
+        with self.ready:
+            interrupted, self.interrupted = self.interrupted, False
+            return interrupted
+
+    def interrupt(self) -> None:
+        """Wake the poller without a chunk (any thread)."""
+        with self.ready:
+            self.interrupted = True
+            self.ready.notify_all()
+        for listener in self.listeners:
+            listener()
 
     def wake(self) -> None:
         """Release waiters without a chunk (close)."""
@@ -182,8 +204,11 @@ class Fetcher:
             except grpc.RpcError as exc:
                 error = error_from_rpc(exc)
                 if error.code == _S.OUT_OF_RANGE and self.auto_offset_reset != "none":
-                    kind = (common_pb2.OffsetSpec.EARLIEST if self.auto_offset_reset == "earliest"
-                            else common_pb2.OffsetSpec.LATEST)
+                    kind = (
+                        common_pb2.OffsetSpec.EARLIEST
+                        if self.auto_offset_reset == "earliest"
+                        else common_pb2.OffsetSpec.LATEST
+                    )
                     spec = common_pb2.OffsetSpec(kind=kind)
                     continue
                 if error.code not in _RETRIABLE:

@@ -1,12 +1,14 @@
 """Consumers: :class:`Consumer` (blocking) and :class:`AsyncConsumer` (asyncio).
 
-Both assign partitions explicitly (consumer groups come later), keep a position per partition
-(the next offset to return), and read through :class:`~moldau._fetcher.Fetcher`'s Subscribe
-streams. Everything between a pushed chunk and the records handed out is shared here: batches
-are CRC-checked when they arrive, decoded only when asked for (``poll`` decodes records,
-``poll_batches`` hands out :class:`FetchedBatch` objects that decode on access, with
-``values()`` as the fast path), and records before the position are skipped, since a push
-starts with the whole batch that contains the requested offset.
+Both read partitions assigned explicitly (``assign``) or by a consumer group (``subscribe``,
+whose machinery is in :mod:`moldau._group`, :mod:`moldau._group_session` and
+:mod:`moldau._group_api`), keep a position per partition (the next offset to return), and read
+through :class:`~moldau._fetcher.Fetcher`'s Subscribe streams. Everything between a pushed
+chunk and the records handed out is shared here: batches are CRC-checked when they arrive,
+decoded only when asked for (``poll`` decodes records, ``poll_batches`` hands out
+:class:`FetchedBatch` objects that decode on access, with ``values()`` as the fast path), and
+records before the position are skipped, since a push starts with the whole batch that
+contains the requested offset. Group work costs ``poll`` one check per call, never per record.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from itertools import repeat
 from types import TracebackType
 from typing import Literal
@@ -29,6 +31,8 @@ from engine.records import (
     iter_batches,
 )
 from moldau._fetcher import Chunk, ChunkBuffer, Fetcher
+from moldau._group_api import AsyncGroupConsumerMixin, GroupConsumerMixin
+from moldau._group_session import GroupSession, await_steps, run_steps
 from moldau._runtime import LoopThread, call, connection_error, resolve_server
 from moldau._types import ConsumerRecord, TopicPartition
 from moldau.admin import OffsetSpecLike, offset_spec
@@ -48,11 +52,14 @@ class FetchedBatch:
     ``values()`` and ``records()`` start there.
     """
 
-    __slots__ = ("_data", "_position", "first_offset", "generation", "header", "partition",
-                 "topic")
+    __slots__ = ("_data", "_position", "first_offset", "generation", "header", "partition", "topic")
 
     def __init__(
-        self, tp: TopicPartition, generation: int, data: bytes, position: int,
+        self,
+        tp: TopicPartition,
+        generation: int,
+        data: bytes,
+        position: int,
         header: BatchHeader,
     ) -> None:
         self.topic, self.partition = tp
@@ -90,8 +97,9 @@ class FetchedBatch:
         if not self._dense:
             return [r.value for r in self.records()]
         try:
-            values = decode_values(self._data, self._position, max_batch_bytes=len(self._data),
-                                   verify_crc=False)
+            values = decode_values(
+                self._data, self._position, max_batch_bytes=len(self._data), verify_crc=False
+            )
         except RecordError as exc:
             raise CorruptRecordError(f"{self.topic}[{self.partition}]: {exc}") from None
         skip = self.first_offset - self.header.base_offset
@@ -101,8 +109,11 @@ class FetchedBatch:
         """Full records (offset, timestamp, key, value, headers) from ``first_offset`` on."""
         try:
             _, decoded = decode_batch(
-                self._data, self._position, max_batch_bytes=len(self._data),
-                max_decompressed_bytes=DEFAULT_MAX_DECOMPRESSED_BYTES, verify_crc=False,
+                self._data,
+                self._position,
+                max_batch_bytes=len(self._data),
+                max_decompressed_bytes=DEFAULT_MAX_DECOMPRESSED_BYTES,
+                verify_crc=False,
             )
         except RecordError as exc:
             raise CorruptRecordError(f"{self.topic}[{self.partition}]: {exc}") from None
@@ -116,8 +127,10 @@ class FetchedBatch:
         return iter(self.records())
 
     def __repr__(self) -> str:
-        return (f"FetchedBatch({self.topic}[{self.partition}] offsets {self.first_offset}.."
-                f"{self.last_offset})")
+        return (
+            f"FetchedBatch({self.topic}[{self.partition}] offsets {self.first_offset}.."
+            f"{self.last_offset})"
+        )
 
 
 class _ConsumerCore:
@@ -142,7 +155,9 @@ class _ConsumerCore:
         self._timeout_s = request_timeout_ms / 1000.0
         self._buffer = ChunkBuffer()
         self._fetcher = Fetcher(
-            self.server, self._buffer, credit_bytes=credit_bytes,
+            self.server,
+            self._buffer,
+            credit_bytes=credit_bytes,
             auto_offset_reset=auto_offset_reset,
         )
         self._positions: dict[TopicPartition, int] = {}
@@ -152,6 +167,8 @@ class _ConsumerCore:
         self._decoded: list[ConsumerRecord] | None = None  # records of _batches[0], if decoded
         self._decoded_index = 0
         self._closed = False
+        self._session: GroupSession | None = None  # set by subscribe()
+        self._paused: set[TopicPartition] = set()
 
     # ------------------------------------------------------------------ async internals
 
@@ -174,18 +191,23 @@ class _ConsumerCore:
     async def _partition_count(self, topic: str) -> int:
         stub = await self._admin_stub()
         try:
-            reply = await call(stub.DescribeTopic, admin_pb2.DescribeTopicRequest(name=topic),
-                               self._timeout_s)
+            reply = await call(
+                stub.DescribeTopic, admin_pb2.DescribeTopicRequest(name=topic), self._timeout_s
+            )
         except MoldauError as exc:
             raise connection_error(self.server, exc) from None
         return int(reply.topic.partition_count)
 
     async def _assign(self, partitions: Iterable[TopicPartitionLike]) -> None:
+        if self._session is not None:
+            raise RuntimeError(
+                "the consumer is subscribed to a group; unsubscribe() before "
+                "assigning partitions by hand"
+            )
         wanted = [TopicPartition(*tp) for tp in partitions]
         for tp in [tp for tp in self._positions if tp not in wanted]:
-            await self._fetcher.unsubscribe(tp)
-            self._forget(tp)
-            del self._positions[tp]
+            await self._stop_reading([tp])
+            self._drop_partitions([tp])
         new = [tp for tp in dict.fromkeys(wanted) if tp not in self._positions]
         await self._seek_spec(new, self.auto_offset_reset)
 
@@ -200,7 +222,26 @@ class _ConsumerCore:
         self._generations[tp] = generation
         self._forget(tp)
         self._positions[tp] = offset
-        await self._fetcher.subscribe(tp, generation, offset)
+        if self._session is not None:
+            self._session.no_offset.discard(tp)
+        if tp not in self._paused:
+            await self._fetcher.subscribe(tp, generation, offset)
+
+    async def _seek_all(self, offsets: Mapping[TopicPartition, int]) -> None:
+        for tp, offset in offsets.items():
+            await self._seek(tp, offset)
+
+    async def _stop_reading(self, partitions: Iterable[TopicPartition]) -> None:
+        """Stop fetching ``partitions`` and drop what was fetched; positions stay."""
+        for tp in partitions:
+            await self._fetcher.unsubscribe(tp)
+            self._generations[tp] = self._generations.get(tp, 0) + 1  # in-flight chunks drop
+            self._forget(tp)
+
+    def _drop_partitions(self, partitions: Iterable[TopicPartition]) -> None:
+        for tp in partitions:
+            self._positions.pop(tp, None)
+            self._paused.discard(tp)
 
     async def _seek_spec(self, partitions: Sequence[TopicPartition], spec: OffsetSpecLike) -> None:
         by_topic: dict[str, list[int]] = {}
@@ -223,8 +264,9 @@ class _ConsumerCore:
         """
         stub = fetch_pb2_grpc.FetchServiceStub(self._fetcher.start())
         while True:
-            request = fetch_pb2.FetchRequest(topic=tp.topic, partition=tp.partition,
-                                             offset=offset, max_bytes=1)
+            request = fetch_pb2.FetchRequest(
+                topic=tp.topic, partition=tp.partition, offset=offset, max_bytes=1
+            )
             try:
                 reply = await call(stub.Fetch, request, self._timeout_s)
             except MoldauError as exc:
@@ -241,23 +283,28 @@ class _ConsumerCore:
                     return record.offset
             offset = max(offset, reply.next_offset)
 
-    def _targets(self, partitions: Iterable[TopicPartitionLike] | None) -> list[TopicPartition]:
+    def _targets(
+        self, partitions: Iterable[TopicPartitionLike] | None, *, positioned: bool = True
+    ) -> list[TopicPartition]:
+        """``partitions`` (default: all assigned), checked to be assigned (and positioned)."""
         if partitions is None:
-            return list(self._positions)
+            return list(self._positions) if positioned else self.assignment()
         targets = [TopicPartition(*tp) for tp in partitions]
+        known = self._positions if positioned else set(self.assignment())
         for tp in targets:
-            if tp not in self._positions:
+            if tp not in known:
                 raise ValueError(f"{tp.topic}[{tp.partition}] is not assigned")
         return targets
 
     def _forget(self, tp: TopicPartition) -> None:
         """Drop what was fetched for ``tp`` and not handed out yet."""
-        if self._batches and self._batches[0].topic == tp.topic and \
-                self._batches[0].partition == tp.partition:
+        if (
+            self._batches
+            and self._batches[0].topic == tp.topic
+            and self._batches[0].partition == tp.partition
+        ):
             self._decoded = None
-        self._batches = deque(
-            b for b in self._batches if (b.topic, b.partition) != tp
-        )
+        self._batches = deque(b for b in self._batches if (b.topic, b.partition) != tp)
 
     # ------------------------------------------------------------------ the record pipeline
 
@@ -272,8 +319,11 @@ class _ConsumerCore:
                 batch = batches[0]
                 tp = TopicPartition(batch.topic, batch.partition)
                 position = self._positions.get(tp)
-                if self._generations.get(tp) != batch.generation or position is None or \
-                        batch.next_offset <= position:
+                if (
+                    self._generations.get(tp) != batch.generation
+                    or position is None
+                    or batch.next_offset <= position
+                ):
                     batches.popleft()
                     self._decoded = None
                     continue
@@ -299,8 +349,7 @@ class _ConsumerCore:
         try:
             for position, header in iter_batches(data, 0, max_batch_bytes=len(data)):
                 if not header.is_control:
-                    self._batches.append(FetchedBatch(tp, chunk.generation, data, position,
-                                                      header))
+                    self._batches.append(FetchedBatch(tp, chunk.generation, data, position, header))
         except RecordError as exc:
             raise CorruptRecordError(f"{tp.topic}[{tp.partition}]: {exc}") from None
 
@@ -342,6 +391,9 @@ class _ConsumerCore:
         return self._positions[TopicPartition(*tp)]
 
     def assignment(self) -> list[TopicPartition]:
+        """The partitions this consumer reads: assigned by hand, or by its group."""
+        if self._session is not None:
+            return sorted(self._session.assigned)
         return list(self._positions)
 
     def high_watermark(self, tp: TopicPartitionLike) -> int | None:
@@ -353,8 +405,11 @@ class _ConsumerCore:
             raise ClientClosedError("the consumer is closed")
 
 
-class Consumer(_ConsumerCore):
+class Consumer(_ConsumerCore, GroupConsumerMixin):
     """Reads assigned partitions; not thread-safe (one consuming thread, as Kafka's).
+
+    Partitions come from :meth:`assign` / :meth:`assign_all`, or from a consumer group
+    (:meth:`subscribe`, with :meth:`commit`, :meth:`committed`, :meth:`pause` and more).
 
     Args:
         server: ``HOST:PORT``; default ``$MOLDAU_SERVER`` or 127.0.0.1:7654.
@@ -372,8 +427,12 @@ class Consumer(_ConsumerCore):
         credit_bytes: int = 4 * 1024 * 1024,
         request_timeout_ms: float = 30_000,
     ) -> None:
-        super().__init__(server, auto_offset_reset=auto_offset_reset, credit_bytes=credit_bytes,
-                         request_timeout_ms=request_timeout_ms)
+        super().__init__(
+            server,
+            auto_offset_reset=auto_offset_reset,
+            credit_bytes=credit_bytes,
+            request_timeout_ms=request_timeout_ms,
+        )
         self._thread = LoopThread("moldau-consumer")
 
     def _grant(self, tp: TopicPartition, generation: int, size: int) -> None:
@@ -392,6 +451,8 @@ class Consumer(_ConsumerCore):
 
     def seek(self, tp: TopicPartitionLike, offset: int) -> None:
         self._check_open()
+        if self._session is not None:
+            self._targets([tp], positioned=False)
         self._thread.run(self._seek(TopicPartition(*tp), offset))
 
     def seek_to_beginning(self, partitions: Iterable[TopicPartitionLike] | None = None) -> None:
@@ -414,19 +475,23 @@ class Consumer(_ConsumerCore):
         self._check_open()
         deadline = time.monotonic() + timeout_ms / 1000.0
         while True:
+            session = self._session
+            if session is not None and session.due(time.monotonic()):
+                run_steps(self._thread, session.tick(self))
             records = self._take_records(max_records)
             remaining = deadline - time.monotonic()
             if records or remaining <= 0 or self._closed:
                 return records
             self._buffer.wait(remaining)
 
-    def poll_batches(self, timeout_ms: float = 1000, max_batches: int = 1000) -> list[
-        FetchedBatch
-    ]:
+    def poll_batches(self, timeout_ms: float = 1000, max_batches: int = 1000) -> list[FetchedBatch]:
         """Whole fetched batches (decoded lazily), for throughput; positions move past them."""
         self._check_open()
         deadline = time.monotonic() + timeout_ms / 1000.0
         while True:
+            session = self._session
+            if session is not None and session.due(time.monotonic()):
+                run_steps(self._thread, session.tick(self))
             batches = self._take_batches(max_batches)
             remaining = deadline - time.monotonic()
             if batches or remaining <= 0 or self._closed:
@@ -439,12 +504,19 @@ class Consumer(_ConsumerCore):
             yield from self.poll()
 
     def close(self) -> None:
+        """Leave the group if subscribed (on_revoke, then a commit if auto-commit is on), then
+        stop fetching and close the connection."""
         if self._closed:
             return
-        self._closed = True
-        self._buffer.wake()
-        self._thread.run(self._fetcher.close())
-        self._thread.close()
+        try:
+            if self._session is not None:
+                run_steps(self._thread, self._session.leave(self))
+        finally:
+            self._session = None
+            self._closed = True
+            self._buffer.wake()
+            self._thread.run(self._fetcher.close())
+            self._thread.close()
 
     def __enter__(self) -> Consumer:
         return self
@@ -458,8 +530,12 @@ class Consumer(_ConsumerCore):
         self.close()
 
 
-class AsyncConsumer(_ConsumerCore):
-    """The asyncio consumer: the methods of :class:`Consumer`, as coroutines."""
+class AsyncConsumer(_ConsumerCore, AsyncGroupConsumerMixin):
+    """The asyncio consumer: the methods of :class:`Consumer`, as coroutines.
+
+    Group callbacks run on the caller's loop inside :meth:`poll` / :meth:`poll_batches`; they
+    may be plain functions or coroutine functions (awaited).
+    """
 
     def __init__(
         self,
@@ -469,8 +545,12 @@ class AsyncConsumer(_ConsumerCore):
         credit_bytes: int = 4 * 1024 * 1024,
         request_timeout_ms: float = 30_000,
     ) -> None:
-        super().__init__(server, auto_offset_reset=auto_offset_reset, credit_bytes=credit_bytes,
-                         request_timeout_ms=request_timeout_ms)
+        super().__init__(
+            server,
+            auto_offset_reset=auto_offset_reset,
+            credit_bytes=credit_bytes,
+            request_timeout_ms=request_timeout_ms,
+        )
         self._arrived: asyncio.Event | None = None
 
     def _grant(self, tp: TopicPartition, generation: int, size: int) -> None:
@@ -492,6 +572,8 @@ class AsyncConsumer(_ConsumerCore):
 
     async def seek(self, tp: TopicPartitionLike, offset: int) -> None:
         self._check_open()
+        if self._session is not None:
+            self._targets([tp], positioned=False)
         await self._seek(TopicPartition(*tp), offset)
 
     async def seek_to_beginning(
@@ -510,30 +592,34 @@ class AsyncConsumer(_ConsumerCore):
     async def _wait(self, deadline: float) -> None:
         event = self._event()
         event.clear()
-        if self._buffer.chunks:
+        if self._buffer.chunks or self._buffer.take_interrupt():
             return
         remaining = deadline - time.monotonic()
         if remaining > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), remaining)
 
-    async def poll(self, timeout_ms: float = 1000, max_records: int = 500) -> list[
-        ConsumerRecord
-    ]:
+    async def poll(self, timeout_ms: float = 1000, max_records: int = 500) -> list[ConsumerRecord]:
         self._check_open()
         deadline = time.monotonic() + timeout_ms / 1000.0
         while True:
+            session = self._session
+            if session is not None and session.due(time.monotonic()):
+                await await_steps(session.tick(self))
             records = self._take_records(max_records)
             if records or time.monotonic() >= deadline or self._closed:
                 return records
             await self._wait(deadline)
 
-    async def poll_batches(self, timeout_ms: float = 1000, max_batches: int = 1000) -> list[
-        FetchedBatch
-    ]:
+    async def poll_batches(
+        self, timeout_ms: float = 1000, max_batches: int = 1000
+    ) -> list[FetchedBatch]:
         self._check_open()
         deadline = time.monotonic() + timeout_ms / 1000.0
         while True:
+            session = self._session
+            if session is not None and session.due(time.monotonic()):
+                await await_steps(session.tick(self))
             batches = self._take_batches(max_batches)
             if batches or time.monotonic() >= deadline or self._closed:
                 return batches
@@ -545,11 +631,17 @@ class AsyncConsumer(_ConsumerCore):
                 yield record
 
     async def close(self) -> None:
+        """Leave the group if subscribed, then stop fetching (see :meth:`Consumer.close`)."""
         if self._closed:
             return
-        self._closed = True
-        self._buffer.wake()
-        await self._fetcher.close()
+        try:
+            if self._session is not None:
+                await await_steps(self._session.leave(self))
+        finally:
+            self._session = None
+            self._closed = True
+            self._buffer.wake()
+            await self._fetcher.close()
 
     async def __aenter__(self) -> AsyncConsumer:
         return self

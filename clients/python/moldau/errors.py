@@ -17,6 +17,11 @@ Tree::
     +-- ResourceExhaustedError       RESOURCE_EXHAUSTED: a server limit or a full disk
     |   +-- RecordTooLargeError      a record or batch over max_batch_bytes / max.message.bytes
     +-- ProducerStateError           FAILED_PRECONDITION: sequence gap or fenced producer
+    +-- CommitFailedError            the group refused a commit: partitions moved, member removed
+    |   +-- StaleGenerationError     a live offset reset fenced the commit's generation
+    +-- GroupMembershipError         FAILED_PRECONDITION: the group refuses this member's join
+    +-- GroupNotEmptyError           FAILED_PRECONDITION: the group has live members
+    +-- NoOffsetForPartitionError    auto_offset_reset="none" and the group never committed
     +-- BufferFullError              send() waited max_block_ms for buffer memory
     +-- ClientClosedError            the client was used after close()
     +-- ServerError                  INTERNAL, DATA_LOSS, UNKNOWN and other codes: a server fault
@@ -35,11 +40,16 @@ import grpc
 __all__ = [
     "BufferFullError",
     "ClientClosedError",
+    "CommitFailedError",
     "ConnectionFailedError",
     "CorruptRecordError",
     "DeliveryTimeoutError",
+    "GroupMembershipError",
+    "GroupNotEmptyError",
+    "GroupNotFoundError",
     "InvalidRequestError",
     "MoldauError",
+    "NoOffsetForPartitionError",
     "NotFoundError",
     "OffsetOutOfRangeError",
     "PartitionNotFoundError",
@@ -48,6 +58,7 @@ __all__ = [
     "RequestTimeoutError",
     "ResourceExhaustedError",
     "ServerError",
+    "StaleGenerationError",
     "TopicExistsError",
     "TopicNotFoundError",
     "UnavailableError",
@@ -112,6 +123,10 @@ class TopicNotFoundError(NotFoundError):
     pass
 
 
+class GroupNotFoundError(NotFoundError):
+    """The group has neither members nor committed offsets."""
+
+
 class PartitionNotFoundError(NotFoundError):
     pass
 
@@ -134,6 +149,44 @@ class RecordTooLargeError(ResourceExhaustedError):
 
 class ProducerStateError(MoldauError):
     pass
+
+
+class CommitFailedError(MoldauError):
+    """The group refused a commit: the member no longer owns those partitions (a rebalance
+    moved them) or was removed from the group. Not retriable: the new owner reads the
+    uncommitted records again, so commit in ``on_revoke`` to keep that window small."""
+
+
+class StaleGenerationError(CommitFailedError):
+    """A live offset reset fenced the generation the commit carried.
+
+    The positions being committed predate the reset, so storing them would undo it. The
+    consumer must not retry with the new generation: ``poll()`` applies the reset's positions
+    first, and commits after that carry the new generation.
+    """
+
+
+class GroupMembershipError(MoldauError):
+    """The group refused this member's join for good, e.g. it uses another assignor."""
+
+
+class GroupNotEmptyError(MoldauError):
+    """The operation needs a group without live members (delete, reset without ``live``,
+    commits outside membership): stop the consumers first."""
+
+
+class NoOffsetForPartitionError(MoldauError):
+    """``auto_offset_reset="none"`` and the group has no committed offset for these partitions.
+
+    Raised by ``poll()`` until the application seeks them (``on_assign`` is the place).
+
+    Attributes:
+        partitions: The partitions without a position.
+    """
+
+    def __init__(self, message: str, partitions: list[Any]) -> None:
+        super().__init__(message)
+        self.partitions = partitions
 
 
 class BufferFullError(MoldauError):
@@ -160,15 +213,37 @@ _BY_CODE: dict[Any, type[MoldauError]] = {
     _S.FAILED_PRECONDITION: ProducerStateError,
 }
 _CODE_BY_NUMBER: dict[int, Any] = {code.value[0]: code for code in _S}
+#: Server error classes (the ``moldau-error`` trailing metadata) that have a client class.
+_BY_REASON: dict[str, type[MoldauError]] = {
+    "UnknownTopicError": TopicNotFoundError,
+    "UnknownPartitionError": PartitionNotFoundError,
+    "UnknownGroupError": GroupNotFoundError,
+    "UnknownMemberError": CommitFailedError,
+    "NotPartitionOwnerError": CommitFailedError,
+    "StaleGenerationError": StaleGenerationError,
+    "InconsistentAssignorError": GroupMembershipError,
+    "GroupNotEmptyError": GroupNotEmptyError,
+    "TopicExistsError": TopicExistsError,
+}
 
 
-def error_from_status(code: Any, message: str) -> MoldauError:
-    """The client error for a status ``code`` (a grpc.StatusCode or its number)."""
+def error_from_status(code: Any, message: str, reason: str | None = None) -> MoldauError:
+    """The client error for a status ``code`` (a grpc.StatusCode or its number).
+
+    ``reason`` is the server's error class from the ``moldau-error`` trailing metadata; when
+    it is absent (errors reported inside a stream) the message's wording decides.
+    """
     if isinstance(code, int):
         code = _CODE_BY_NUMBER.get(code, _S.UNKNOWN)
     cls = _BY_CODE.get(code, ServerError)
     lowered = message.lower()
-    if cls is NotFoundError:
+    by_reason = _BY_REASON.get(reason or "")
+    group_error = _group_error(lowered) if cls in (NotFoundError, ProducerStateError) else None
+    if by_reason is not None:
+        cls = by_reason
+    elif group_error is not None:
+        cls = group_error
+    elif cls is NotFoundError:
         cls = PartitionNotFoundError if "partition" in lowered else TopicNotFoundError
     elif cls is ResourceExhaustedError and ("bytes" in lowered and "over" in lowered):
         cls = RecordTooLargeError
@@ -181,7 +256,23 @@ def error_from_rpc(error: grpc.RpcError) -> MoldauError:
     """Translate a ``grpc.RpcError`` (sync or aio) into the client's tree."""
     code = error.code() if hasattr(error, "code") else _S.UNKNOWN
     details = error.details() if hasattr(error, "details") else None
-    return error_from_status(code, details or str(code))
+    reason = None
+    trailing = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == "moldau-error":
+            reason = value if isinstance(value, str) else bytes(value).decode("ascii", "replace")
+    return error_from_status(code, details or str(code), reason)
+
+
+def _group_error(message: str) -> type[MoldauError] | None:
+    """The group coordinator's refusals, told apart by the server's wording."""
+    if "generation" in message and "is stale" in message:
+        return StaleGenerationError
+    if "does not own" in message or "is not in group" in message:
+        return CommitFailedError
+    if "assignor" in message and "group" in message:
+        return GroupMembershipError
+    return None
 
 
 def _is_connection_failure(message: str) -> bool:
