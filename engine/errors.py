@@ -18,13 +18,23 @@ Tree::
     |   +-- UnknownPartitionError
     +-- InvalidConfigError               unknown key or bad value
     +-- GroupError                       consumer-group requests (engine.groups)
-        +-- UnknownGroupError            no members and no committed offsets
-        +-- UnknownMemberError           expired, left or replaced by a static rejoin: rejoin
-        +-- StaleGenerationError         a generation fenced by a live reset, or not yet issued
-        +-- NotPartitionOwnerError       a commit for partitions the member does not own
-        +-- GroupNotEmptyError           live members forbid the operation (delete, reset)
-        +-- InconsistentAssignorError    a member asks for another assignor than the group's
-        +-- InvalidGroupRequestError     bad group id, pattern, assignor, timeout or offset
+    |   +-- UnknownGroupError            no members and no committed offsets
+    |   +-- UnknownMemberError           expired, left or replaced by a static rejoin: rejoin
+    |   +-- StaleGenerationError         a generation fenced by a live reset, or not yet issued
+    |   +-- NotPartitionOwnerError       a commit for partitions the member does not own
+    |   +-- GroupNotEmptyError           live members forbid the operation (delete, reset)
+    |   +-- InconsistentAssignorError    a member asks for another assignor than the group's
+    |   +-- InvalidGroupRequestError     bad group id, pattern, assignor, timeout or offset
+    +-- EventStoreError                  event-store requests (engine.views.eventstore)
+    |   +-- WrongExpectedVersionError    the stream is not at the expected version
+    |   +-- StreamNotFoundError          no such stream, or it was soft-deleted
+    |   +-- DuplicateEventIdError        an event id already stored at another position
+    |   +-- InvalidEventStoreRequestError  bad stream id, event type, version or count
+    +-- RoutingError                     exchanges and bindings (engine.views.routing)
+        +-- UnknownExchangeError         no exchange of that name is declared
+        +-- ExchangeExistsError          redeclared with another type, alternate or provenance
+        +-- ExchangeInDoubtError         routed records await their checkpoint; retriable
+        +-- InvalidRoutingRequestError   bad type, pattern, header arguments, topic or loop
 
     RecordError (engine.records.errors)  bytes that are not a valid RecordBatch v2
 
@@ -262,3 +272,127 @@ class InconsistentAssignorError(GroupError):
 
 class InvalidGroupRequestError(GroupError):
     """A malformed request: the message says which argument and what is allowed."""
+
+
+# event store
+
+
+class EventStoreError(EngineError):
+    """An event-store request was refused; ``stream`` names the stream ("" if none)."""
+
+    def __init__(self, message: str, stream: str = "") -> None:
+        super().__init__(message)
+        self.stream = stream
+
+
+class WrongExpectedVersionError(EventStoreError):
+    """The stream's current version is not the one the append expected; nothing was written.
+
+    ``expected`` and ``current`` use the event store's numbers: an exact version >= 0, or -1
+    (no stream), -2 (any), -4 (stream exists); ``current`` is -1 for a missing or deleted stream.
+    """
+
+    def __init__(self, stream: str, expected: int, current: int) -> None:
+        super().__init__(
+            f"stream {stream!r} is at version {current}, the append expected {expected}; "
+            "reload the stream and retry with its current version",
+            stream,
+        )
+        self.expected = expected
+        self.current = current
+
+
+class StreamNotFoundError(EventStoreError):
+    """The stream has no events, or it was soft-deleted (``deleted``)."""
+
+    def __init__(self, stream: str, *, deleted: bool = False) -> None:
+        what = "was deleted" if deleted else "does not exist"
+        super().__init__(f"stream {stream!r} {what}", stream)
+        self.deleted = deleted
+
+
+class DuplicateEventIdError(EventStoreError):
+    """An event id is already stored, but not as the same append at the same versions."""
+
+    def __init__(self, stream: str, event_id: str, stored_stream: str, stored_version: int) -> None:
+        super().__init__(
+            f"event id {event_id} is already stored as version {stored_version} of stream "
+            f"{stored_stream!r}; a retry must resend the same events in the same order, and new "
+            "events need new ids",
+            stream,
+        )
+        self.event_id = event_id
+        self.stored_stream = stored_stream
+        self.stored_version = stored_version
+
+
+class InvalidEventStoreRequestError(EventStoreError):
+    """A malformed request: the message says which argument and what is allowed."""
+
+
+__all__ += [  # appended by the event store, to keep that edit a small append
+    "DuplicateEventIdError",
+    "EventStoreError",
+    "InvalidEventStoreRequestError",
+    "StreamNotFoundError",
+    "WrongExpectedVersionError",
+]
+
+
+# routing (exchanges)
+
+
+class RoutingError(EngineError):
+    """An exchange or binding request was refused; ``exchange`` names the exchange."""
+
+    def __init__(self, message: str, exchange: str) -> None:
+        super().__init__(message)
+        self.exchange = exchange
+
+
+class UnknownExchangeError(RoutingError):
+    def __init__(self, exchange: str) -> None:
+        super().__init__(f"exchange {exchange!r} is not declared", exchange)
+
+
+class ExchangeExistsError(RoutingError):
+    """A redeclaration differs from the declared exchange; ``difference`` says how."""
+
+    def __init__(self, exchange: str, difference: str) -> None:
+        super().__init__(
+            f"exchange {exchange!r} is already declared with {difference}; redeclare it "
+            "unchanged, or delete it first",
+            exchange,
+        )
+        self.difference = difference
+
+
+class ExchangeInDoubtError(RoutingError):
+    """Records were routed but their checkpoint could not be written yet.
+
+    Bindings cannot change until a routing step of the exchange completes: the router's
+    no-duplicate argument needs a replay to see the bindings the interrupted step saw.
+    """
+
+    retriable = True
+
+    def __init__(self, exchange: str, cause: str) -> None:
+        super().__init__(
+            f"exchange {exchange!r} has routed records whose checkpoint is not yet written "
+            f"({cause}); bindings can change once routing resumes",
+            exchange,
+        )
+        self.cause = cause
+
+
+class InvalidRoutingRequestError(RoutingError):
+    """A malformed request: the message says which argument and what is allowed."""
+
+
+__all__ += [  # appended by routing, to keep that edit a small append
+    "ExchangeExistsError",
+    "ExchangeInDoubtError",
+    "InvalidRoutingRequestError",
+    "RoutingError",
+    "UnknownExchangeError",
+]

@@ -27,12 +27,18 @@ import grpc
 from engine.errors import (
     CorruptLogError,
     DiskFullError,
+    DuplicateEventIdError,
     EngineError,
+    EventStoreError,
+    ExchangeExistsError,
+    ExchangeInDoubtError,
     GroupError,
     GroupNotEmptyError,
     InconsistentAssignorError,
     InvalidConfigError,
+    InvalidEventStoreRequestError,
     InvalidGroupRequestError,
+    InvalidRoutingRequestError,
     InvalidTopicError,
     LogReadOnlyError,
     NotPartitionOwnerError,
@@ -40,14 +46,18 @@ from engine.errors import (
     OutOfOrderSequenceError,
     ProducerError,
     ProducerFencedError,
+    RoutingError,
     StaleGenerationError,
     StorageError,
+    StreamNotFoundError,
     TopicError,
     TopicExistsError,
+    UnknownExchangeError,
     UnknownGroupError,
     UnknownMemberError,
     UnknownPartitionError,
     UnknownTopicError,
+    WrongExpectedVersionError,
 )
 from engine.records.errors import (
     BatchTooLargeError,
@@ -143,6 +153,18 @@ STATUS_TABLE: dict[type[BaseException], tuple[Any, str]] = {
     GroupNotEmptyError: (_S.FAILED_PRECONDITION, "stop the group's consumers first"),
     InconsistentAssignorError: (_S.FAILED_PRECONDITION, "use the group's assignor"),
     InvalidGroupRequestError: (_S.INVALID_ARGUMENT, ""),
+    # event store
+    EventStoreError: (_S.FAILED_PRECONDITION, ""),
+    WrongExpectedVersionError: (_S.FAILED_PRECONDITION, ""),
+    StreamNotFoundError: (_S.NOT_FOUND, "append with NO_STREAM or ANY to start it"),
+    DuplicateEventIdError: (_S.ALREADY_EXISTS, ""),
+    InvalidEventStoreRequestError: (_S.INVALID_ARGUMENT, ""),
+    # routing
+    RoutingError: (_S.FAILED_PRECONDITION, ""),
+    UnknownExchangeError: (_S.NOT_FOUND, "declare it first, or list the exchanges"),
+    ExchangeExistsError: (_S.ALREADY_EXISTS, ""),
+    ExchangeInDoubtError: (_S.UNAVAILABLE, ""),
+    InvalidRoutingRequestError: (_S.INVALID_ARGUMENT, ""),
     EngineError: (_S.INTERNAL, ""),
 }
 
@@ -212,9 +234,10 @@ def _observe(name: str, code: str, started: float) -> None:
 
 
 def _code_name(exc: BaseException, context: Any) -> str:
-    if isinstance(exc, grpc.aio.AbortError):
-        code = context.code() if hasattr(context, "code") else None
-        return getattr(code, "name", "UNKNOWN") if code is not None else "UNKNOWN"
+    if isinstance(exc, grpc.aio.AbortError):  # aborted by the servicer itself
+        code = getattr(context, "code", None)
+        code = code() if callable(code) else code
+        return str(getattr(code, "name", "UNKNOWN"))
     if isinstance(exc, asyncio.CancelledError):
         return "CANCELLED"
     code, _ = status_for(exc)

@@ -27,6 +27,7 @@ from typing import Any, Protocol, TypeVar
 from engine.broker import Broker
 from engine.groups import GroupCoordinator
 from engine.log.partition_log import AppendResult, PartitionLog
+from engine.views.eventstore import EventStore
 from grpc_api.config import ServerConfig
 from grpc_api.errors import NotReadyError
 
@@ -188,6 +189,7 @@ class Runtime:
         )
         self._broker: Broker | None = None
         self._coordinator: GroupCoordinator | None = None
+        self._event_store: EventStore | None = None
         self._watches: set[Watch] = set()
         #: Called (on the event loop) when shutdown begins; long-lived calls that wait on
         #: something other than a partition register here to end promptly.
@@ -197,6 +199,16 @@ class Runtime:
     def set_broker(self, broker: Broker, coordinator: GroupCoordinator | None = None) -> None:
         self._broker = broker
         self._coordinator = coordinator
+
+    def set_event_store(self, event_store: EventStore) -> None:
+        self._event_store = event_store
+
+    def event_store(self) -> EventStore:
+        """The event store; UNAVAILABLE while the broker is opening or closing."""
+        self.broker()
+        if self._event_store is None:
+            raise NotReadyError("the event store is still opening; retry shortly")
+        return self._event_store
 
     def coordinator(self) -> GroupCoordinator:
         """The group coordinator; UNAVAILABLE while the broker is opening or closing."""

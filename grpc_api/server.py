@@ -28,8 +28,10 @@ from engine.broker import Broker, BrokerSettings
 from engine.clock import SystemClock
 from engine.errors import EngineError
 from engine.groups import GroupCoordinator
+from engine.views.eventstore import EventStore
 from grpc_api.admin import AdminServicer
 from grpc_api.config import ConfigError, ServerConfig, load_config
+from grpc_api.eventstore import EventStoreServicer
 from grpc_api.fetch import FetchServicer, add_fetch_service
 from grpc_api.groups import GroupServicer, run_group_maintenance
 from grpc_api.metrics import start_metrics
@@ -38,6 +40,8 @@ from grpc_api.runtime import Runtime
 from moldau.v1 import (
     admin_pb2,
     admin_pb2_grpc,
+    eventstore_pb2,
+    eventstore_pb2_grpc,
     fetch_pb2,
     groups_pb2,
     groups_pb2_grpc,
@@ -55,6 +59,7 @@ SERVICE_NAMES: tuple[str, ...] = (
     produce_pb2.DESCRIPTOR.services_by_name["ProduceService"].full_name,
     fetch_pb2.DESCRIPTOR.services_by_name["FetchService"].full_name,
     groups_pb2.DESCRIPTOR.services_by_name["GroupService"].full_name,
+    eventstore_pb2.DESCRIPTOR.services_by_name["EventStoreService"].full_name,
 )
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -87,6 +92,9 @@ def build_server(runtime: Runtime, health_servicer: Any) -> Any:
     produce_pb2_grpc.add_ProduceServiceServicer_to_server(ProduceServicer(runtime), server)
     add_fetch_service(FetchServicer(runtime), server)
     groups_pb2_grpc.add_GroupServiceServicer_to_server(GroupServicer(runtime), server)
+    eventstore_pb2_grpc.add_EventStoreServiceServicer_to_server(
+        EventStoreServicer(runtime), server
+    )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -114,7 +122,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
         return 1
     await server.start()
     try:
-        broker, coordinator = await runtime.run(_open_storage, config)
+        broker, coordinator, event_store = await runtime.run(_open_storage, config)
     except (EngineError, OSError) as exc:
         print(f"moldau: cannot open the data directory {config.data_dir}: {exc}",
               file=sys.stderr, flush=True)
@@ -122,6 +130,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
         runtime.executor.shutdown()
         return 1
     runtime.set_broker(broker, coordinator)
+    runtime.set_event_store(event_store)
     maintenance = asyncio.create_task(run_group_maintenance(runtime, coordinator))
     metrics_server = _start_metrics(runtime, config)
     if not stop.is_set():  # a SIGTERM during recovery skips straight to shutdown
@@ -137,6 +146,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     # appends of calls cancelled at the end of the grace period may still be running: let them
     # finish before the partitions are closed, so none fails half-way
     await asyncio.to_thread(runtime.executor.shutdown, True)
+    await asyncio.to_thread(event_store.close)  # checkpoints the stream indexes
     await asyncio.to_thread(broker.close)
     if metrics_server is not None:
         metrics_server.shutdown()
@@ -159,12 +169,14 @@ def _start_metrics(runtime: Runtime, config: ServerConfig) -> Any:
     return metrics_server
 
 
-def _open_storage(config: ServerConfig) -> tuple[Broker, GroupCoordinator]:
+def _open_storage(config: ServerConfig) -> tuple[Broker, GroupCoordinator, EventStore]:
     """Worker thread: recover the partitions, then replay the committed group offsets."""
     settings = BrokerSettings(default_overrides=dict(config.topic_defaults) or None)
     broker = Broker.open(config.data_dir, settings=settings)
     try:
-        return broker, GroupCoordinator.open(broker, SystemClock())
+        clock = SystemClock()
+        coordinator = GroupCoordinator.open(broker, clock)
+        return broker, coordinator, EventStore.open(broker, clock=clock)
     except BaseException:
         broker.close()
         raise

@@ -88,9 +88,13 @@ class FakeContext:
 
     def __init__(self) -> None:
         self.aborted: tuple[object, str] | None = None
+        self.trailing_metadata: tuple[tuple[str, str], ...] = ()
 
-    async def abort(self, code: object, message: str) -> None:
+    async def abort(
+        self, code: object, message: str, trailing_metadata: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         self.aborted = (code, message)
+        self.trailing_metadata = trailing_metadata
         raise grpc.aio.AbortError()
 
 
@@ -118,6 +122,11 @@ def test_unary_errors_aborts_with_the_mapped_status() -> None:
         asyncio.run(Servicer().Unary(e.UnknownTopicError("t"), context))
     assert context.aborted is not None
     assert context.aborted[0] == S.NOT_FOUND
+    assert context.trailing_metadata == (("moldau-error", "UnknownTopicError"),)
+    with pytest.raises(grpc.aio.AbortError):
+        asyncio.run(Servicer().Unary(KeyError("bug"), context))
+    assert context.aborted[0] == S.INTERNAL
+    assert context.trailing_metadata == (("moldau-error", "InternalError"),)
 
 
 def test_stream_errors_aborts_after_the_items_already_sent() -> None:

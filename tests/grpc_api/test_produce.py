@@ -25,7 +25,7 @@ class FakeContext:
         self.code: Any = None
         self.details = ""
 
-    async def abort(self, code: Any, details: str) -> None:
+    async def abort(self, code: Any, details: str, trailing_metadata: Any = ()) -> None:
         self.code, self.details = code, details
         raise grpc.aio.AbortError()
 

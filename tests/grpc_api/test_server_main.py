@@ -34,4 +34,5 @@ def test_service_names() -> None:
         "moldau.v1.ProduceService",
         "moldau.v1.FetchService",
         "moldau.v1.GroupService",
+        "moldau.v1.EventStoreService",
     )

@@ -1,0 +1,1 @@
+"""Views derived from the log: queues, routing, the event store (see ARCHITECTURE section 5)."""

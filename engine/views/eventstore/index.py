@@ -1,0 +1,177 @@
+"""The stream index of one partition of a store topic: stream -> version -> log offset.
+
+Derived data only: every field is a function of the partition's records (see ``codec``), so
+the index is rebuilt from the log on open, from a checkpoint plus the log after it when one is
+valid (see ``checkpoint``). Per stream it keeps:
+
+- ``offsets``: an ``array('q')``, the log offset of version ``i`` at index ``i`` (8 bytes an
+  event; -1 marks a version the log lacks, which only a quarantined range can cause);
+- ``controls``: the ``$deleted`` / ``$truncated`` records as (offset, is_delete,
+  truncate_before after it), oldest first, or None (most streams).
+
+Both only grow at the end, in log order, so the state as of any log offset ``C`` is their prefix
+below ``C``: a checkpoint serialises that prefix without stopping writers.
+
+The index may run ahead of the partition's high watermark: an append claims its versions as
+soon as its batch is in the log, before its fsync, so that a concurrent append to the same
+stream sees them (that is what makes the expected-version check atomic). Readers therefore
+serve only offsets below the high watermark. If a durability wait fails, the partition log
+turns read-only and :meth:`PartitionIndex.rollback` drops every claim at or above the high
+watermark: no later claim can exist, and none of those appends was acknowledged.
+
+The id window maps the event ids of the last ``window`` events of the partition to (stream,
+version), for recognising retried appends.
+
+Concurrency: mutations happen under the owning partition's lock (``store``). The arrays are
+appended and read under the GIL only, so a checkpoint may read a stream's prefix without it.
+"""
+
+from __future__ import annotations
+
+import logging
+from array import array
+from collections import OrderedDict
+from collections.abc import Iterable
+
+from engine.views.eventstore.codec import KIND_DELETED, KIND_TRUNCATED, ScanEntry
+
+__all__ = ["PartitionIndex", "StreamState"]
+
+log = logging.getLogger(__name__)
+
+
+class StreamState:
+    """What the index knows of one stream (see the module docstring)."""
+
+    __slots__ = ("controls", "offsets")
+
+    def __init__(self) -> None:
+        self.offsets: array[int] = array("q")
+        self.controls: list[tuple[int, bool, int]] | None = None
+
+    @property
+    def last_version(self) -> int:
+        """The highest version ever written (-1 for none), deleted or not."""
+        return len(self.offsets) - 1
+
+    @property
+    def truncate_before(self) -> int:
+        """Versions below this are not returned by reads."""
+        return self.controls[-1][2] if self.controls else 0
+
+    @property
+    def deleted(self) -> bool:
+        """True when the stream's last record is a ``$deleted`` record."""
+        if not self.controls:
+            return False
+        offset, is_delete, _ = self.controls[-1]
+        return is_delete and (not self.offsets or self.offsets[-1] < offset)
+
+    @property
+    def incarnation_start(self) -> int:
+        """The first version after the latest soft delete (0 if never deleted)."""
+        for _, is_delete, truncate_before in reversed(self.controls or ()):
+            if is_delete:
+                return truncate_before
+        return 0
+
+    @property
+    def current_version(self) -> int:
+        """The version an expected-version check compares with: -1 if missing or deleted."""
+        if self.deleted or not self.offsets:
+            return -1
+        return len(self.offsets) - 1
+
+    def add_event(self, version: int, offset: int) -> bool:
+        """Record ``version`` at ``offset``; False (and nothing changes) for a repeated version."""
+        offsets = self.offsets
+        missing = version - len(offsets)
+        if missing < 0:
+            return False
+        if missing:
+            offsets.extend([-1] * missing)
+        offsets.append(offset)
+        return True
+
+    def add_control(self, offset: int, is_delete: bool, truncate_before: int) -> None:
+        keep = max(self.truncate_before, truncate_before)
+        if self.controls is None:
+            self.controls = []
+        self.controls.append((offset, is_delete, keep))
+
+    def drop_from(self, offset: int) -> None:
+        """Forget everything stored at or after ``offset`` (a rollback)."""
+        offsets = self.offsets
+        while offsets and offsets[-1] >= offset:
+            offsets.pop()
+        while self.controls and self.controls[-1][0] >= offset:
+            self.controls.pop()
+        if self.controls == []:
+            self.controls = None
+
+
+class PartitionIndex:
+    """Streams of one partition, the id window and how far the log has been applied."""
+
+    def __init__(self, window: int) -> None:
+        self.streams: dict[bytes, StreamState] = {}
+        self.ids: OrderedDict[bytes, tuple[bytes, int]] = OrderedDict()
+        self.window = window
+        self.next_offset = 0
+        self.events = 0
+        self.skipped = 0
+
+    def state(self, key: bytes) -> StreamState | None:
+        return self.streams.get(key)
+
+    def apply(self, entries: Iterable[ScanEntry], *, remember_ids: bool = True) -> None:
+        """Apply scanned records in log order; those below ``next_offset`` are already in."""
+        streams = self.streams
+        floor = self.next_offset
+        for entry in entries:
+            if entry.offset < floor:
+                continue
+            state = streams.get(entry.key)
+            if state is None:
+                state = streams[entry.key] = StreamState()
+            if entry.version >= 0:
+                if state.add_event(entry.version, entry.offset):
+                    self.events += 1
+                    if remember_ids:
+                        self.remember(entry.event_id, entry.key, entry.version)
+                else:
+                    self.skipped += 1
+                    log.warning(
+                        "record at offset %d repeats version %d of stream %r; skipped",
+                        entry.offset, entry.version, entry.key,
+                    )
+            elif entry.version in (KIND_DELETED, KIND_TRUNCATED):
+                state.add_control(entry.offset, entry.version == KIND_DELETED,
+                                  entry.truncate_before)
+
+    def remember(self, event_id: bytes, key: bytes, version: int) -> None:
+        """Put one event id in the window, evicting the oldest beyond ``window``."""
+        if self.window <= 0:
+            return
+        ids = self.ids
+        ids[event_id] = (key, version)
+        if len(ids) > self.window:
+            ids.popitem(last=False)
+
+    def remember_all(self, entries: Iterable[ScanEntry]) -> None:
+        """Fill the window from records before a checkpoint (the index already has them)."""
+        for entry in entries:
+            if entry.version >= 0:
+                self.remember(entry.event_id, entry.key, entry.version)
+
+    def rollback(self, from_offset: int) -> None:
+        """Drop every claim at or above ``from_offset`` (see the module docstring)."""
+        for key, state in list(self.streams.items()):
+            state.drop_from(from_offset)
+            if not state.offsets and state.controls is None:
+                del self.streams[key]
+        for event_id, (key, version) in list(self.ids.items()):
+            kept = self.streams.get(key)
+            if kept is None or version > kept.last_version:
+                del self.ids[event_id]
+        self.next_offset = min(self.next_offset, from_offset)
