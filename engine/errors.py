@@ -31,10 +31,14 @@ Tree::
     |   +-- DuplicateEventIdError        an event id already stored at another position
     |   +-- InvalidEventStoreRequestError  bad stream id, event type, version or count
     +-- RoutingError                     exchanges and bindings (engine.views.routing)
-        +-- UnknownExchangeError         no exchange of that name is declared
-        +-- ExchangeExistsError          redeclared with another type, alternate or provenance
-        +-- ExchangeInDoubtError         routed records await their checkpoint; retriable
-        +-- InvalidRoutingRequestError   bad type, pattern, header arguments, topic or loop
+    |   +-- UnknownExchangeError         no exchange of that name is declared
+    |   +-- ExchangeExistsError          redeclared with another type, alternate or provenance
+    |   +-- ExchangeInDoubtError         routed records await their checkpoint; retriable
+    |   +-- InvalidRoutingRequestError   bad type, pattern, header arguments, topic or loop
+    +-- QueueError                       queues, retries, dead letters (engine.views.queues)
+        +-- UnknownQueueError            no queue of that name is declared
+        +-- QueueExistsError             declared again with a different definition
+        +-- InvalidQueueRequestError     bad name, policy, count, lease id or redrive selection
 
     RecordError (engine.records.errors)  bytes that are not a valid RecordBatch v2
 
@@ -395,4 +399,66 @@ __all__ += [  # appended by routing, to keep that edit a small append
     "InvalidRoutingRequestError",
     "RoutingError",
     "UnknownExchangeError",
+]
+
+
+# ---------------------------------------------------------------- security (engine.security)
+# Tree, below EngineError:
+#     SecurityError                      ACL requests
+#     +-- InvalidAclError                a malformed binding or filter: names the field
+
+
+class SecurityError(EngineError):
+    """A request about access control (engine.security) was refused."""
+
+
+class InvalidAclError(SecurityError):
+    """A malformed ACL binding or filter; the message names the field and what is allowed."""
+
+
+__all__ += [  # appended by security, to keep that edit a small append
+    "InvalidAclError",
+    "SecurityError",
+]
+
+
+# ---------------------------------------------------------------- queues (engine.views.queues)
+
+
+class QueueError(EngineError):
+    """A work-queue request was refused; ``queue`` names the queue ("" if none)."""
+
+    def __init__(self, message: str, queue: str = "") -> None:
+        super().__init__(message)
+        self.queue = queue
+
+
+class UnknownQueueError(QueueError):
+    """No queue of that name is declared (it was never declared, or it was deleted)."""
+
+    def __init__(self, queue: str) -> None:
+        super().__init__(f"queue {queue!r} does not exist; declare it first", queue)
+
+
+class QueueExistsError(QueueError):
+    """A declare named an existing queue with a different definition; nothing changed."""
+
+    def __init__(self, queue: str, topic: str) -> None:
+        super().__init__(
+            f"queue {queue!r} already exists over topic {topic!r} with another definition; "
+            "delete it first or declare the same definition",
+            queue,
+        )
+        self.topic = topic
+
+
+class InvalidQueueRequestError(QueueError):
+    """A malformed request: the message says which argument and what is allowed."""
+
+
+__all__ += [  # appended by queues, to keep that edit a small append
+    "InvalidQueueRequestError",
+    "QueueError",
+    "QueueExistsError",
+    "UnknownQueueError",
 ]

@@ -18,6 +18,7 @@ unknown ``MOLDAU_*`` variables are ignored because clients use that prefix too.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -25,13 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import TopicConfig
-from engine.errors import InvalidConfigError
+from engine.errors import InvalidAclError, InvalidConfigError
+from engine.security.acls import validate_principal
 
-__all__ = ["ConfigError", "ServerConfig", "load_config", "parse_listen"]
+__all__ = ["ConfigError", "ServerConfig", "is_loopback", "load_config", "parse_listen"]
 
 _MIB = 1024 * 1024
 _ENV_PREFIX = "MOLDAU_"
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_ANONYMOUS_CHOICES = ("auto", "true", "false")
 
 
 class ConfigError(Exception):
@@ -59,6 +62,21 @@ class ServerConfig:
         metrics_listen: ``HOST:PORT`` of the Prometheus ``/metrics`` endpoint; empty (the
             default) serves none.
         topic_defaults: Config overrides applied to every topic unless the topic sets its own.
+        tls_cert_file: PEM server certificate (chain); with ``tls_key_file`` the port speaks TLS.
+        tls_key_file: PEM private key of ``tls_cert_file``.
+        tls_client_ca_file: PEM CA bundle; when set, clients must present a certificate it
+            signed (mTLS), its common name becomes the principal, and auth is on.
+        auth_tokens_file: TOML file with a ``[tokens]`` table of ``name = "sha256:<hex>"``;
+            when set, bearer tokens authenticate callers and auth is on (docs/security.md).
+        allow_anonymous: ``auto`` (anonymous callers allowed only on a loopback listen),
+            ``true`` or ``false``. With auth off, ``true`` is also what permits a non-loopback
+            listen.
+        super_users: Comma-separated principals (``User:admin,User:ops``) that bypass ACLs.
+        quota_produce_bytes_per_sec: Produce request bytes per second per principal; 0 = no
+            limit.
+        quota_fetch_bytes_per_sec: Fetch response bytes per second per principal; 0 = no limit.
+        quota_requests_per_sec: Calls (and stream messages) per second per principal; 0 = no
+            limit.
     """
 
     listen: str = "127.0.0.1:7654"
@@ -75,6 +93,15 @@ class ServerConfig:
     log_level: str = "INFO"
     metrics_listen: str = ""
     topic_defaults: Mapping[str, str] = field(default_factory=dict)
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    auth_tokens_file: str = ""
+    allow_anonymous: str = "auto"
+    super_users: str = ""
+    quota_produce_bytes_per_sec: int = 0
+    quota_fetch_bytes_per_sec: int = 0
+    quota_requests_per_sec: int = 0
 
     def __post_init__(self) -> None:
         parse_listen(self.listen)
@@ -112,6 +139,75 @@ class ServerConfig:
                 f"({self.max_request_bytes}): such a batch could never arrive"
             )
 
+        self._check_security()
+
+    def _check_security(self) -> None:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError(
+                "tls_cert_file and tls_key_file go together: set both to serve TLS, or neither"
+            )
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ConfigError(
+                "tls_client_ca_file (mTLS) needs TLS: also set tls_cert_file and tls_key_file"
+            )
+        if self.allow_anonymous not in _ANONYMOUS_CHOICES:
+            raise ConfigError(
+                f"allow_anonymous must be auto, true or false, got {self.allow_anonymous!r}"
+            )
+        for principal in self.super_user_set:
+            try:
+                validate_principal(principal)
+            except InvalidAclError as exc:
+                raise ConfigError(f"super_users: {exc}") from None
+        for name in ("quota_produce_bytes_per_sec", "quota_fetch_bytes_per_sec",
+                     "quota_requests_per_sec"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative (0 = no limit)")
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Auth is on when callers can prove who they are: a tokens file or a client CA."""
+        return bool(self.auth_tokens_file or self.tls_client_ca_file)
+
+    @property
+    def tls_enabled(self) -> bool:
+        return bool(self.tls_cert_file)
+
+    @property
+    def quotas_enabled(self) -> bool:
+        return bool(self.quota_produce_bytes_per_sec or self.quota_fetch_bytes_per_sec
+                    or self.quota_requests_per_sec)
+
+    @property
+    def listens_on_loopback(self) -> bool:
+        return is_loopback(self.host)
+
+    @property
+    def anonymous_allowed(self) -> bool:
+        """Whether callers without credentials get in (as ``User:ANONYMOUS``)."""
+        if self.allow_anonymous == "auto":
+            return self.listens_on_loopback
+        return self.allow_anonymous == "true"
+
+    @property
+    def super_user_set(self) -> frozenset[str]:
+        return frozenset(p.strip() for p in self.super_users.split(",") if p.strip())
+
+    def exposure_problem(self) -> str | None:
+        """Why the server must not start as configured, or None.
+
+        A server reachable from other hosts with auth off would let anyone read, write and
+        delete everything; that needs ``allow_anonymous = "true"`` said explicitly.
+        """
+        if self.auth_enabled or self.listens_on_loopback or self.allow_anonymous == "true":
+            return None
+        return (
+            f"refusing to listen on {self.listen} with authentication off: anyone who can reach "
+            "it could read, write and delete everything. Set auth_tokens_file (bearer tokens) "
+            "or tls_client_ca_file (mTLS) to turn authentication on, or set allow_anonymous = "
+            '"true" (MOLDAU_ALLOW_ANONYMOUS=true) to accept that, or listen on 127.0.0.1'
+        )
+
     @property
     def host(self) -> str:
         return parse_listen(self.listen)[0]
@@ -119,6 +215,16 @@ class ServerConfig:
     @property
     def port(self) -> int:
         return parse_listen(self.listen)[1]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an IP address or ``localhost``) only accepts local connections."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -141,6 +247,12 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{source}: topic_defaults must be a table of key = \"value\"")
         return {str(k): str(v) for k, v in value.items()}
+    if name == "allow_anonymous":
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value).strip().lower()
+    if name == "super_users" and isinstance(value, list):
+        return ",".join(str(item) for item in value)
     default = _FIELDS[name].default
     if isinstance(default, int):
         if isinstance(value, bool):

@@ -35,9 +35,11 @@ from engine.errors import (
     GroupError,
     GroupNotEmptyError,
     InconsistentAssignorError,
+    InvalidAclError,
     InvalidConfigError,
     InvalidEventStoreRequestError,
     InvalidGroupRequestError,
+    InvalidQueueRequestError,
     InvalidRoutingRequestError,
     InvalidTopicError,
     LogReadOnlyError,
@@ -46,7 +48,10 @@ from engine.errors import (
     OutOfOrderSequenceError,
     ProducerError,
     ProducerFencedError,
+    QueueError,
+    QueueExistsError,
     RoutingError,
+    SecurityError,
     StaleGenerationError,
     StorageError,
     StreamNotFoundError,
@@ -56,6 +61,7 @@ from engine.errors import (
     UnknownGroupError,
     UnknownMemberError,
     UnknownPartitionError,
+    UnknownQueueError,
     UnknownTopicError,
     WrongExpectedVersionError,
 )
@@ -165,6 +171,14 @@ STATUS_TABLE: dict[type[BaseException], tuple[Any, str]] = {
     ExchangeExistsError: (_S.ALREADY_EXISTS, ""),
     ExchangeInDoubtError: (_S.UNAVAILABLE, ""),
     InvalidRoutingRequestError: (_S.INVALID_ARGUMENT, ""),
+    # work queues
+    QueueError: (_S.FAILED_PRECONDITION, ""),
+    UnknownQueueError: (_S.NOT_FOUND, "declare it first, or list the queues"),
+    QueueExistsError: (_S.ALREADY_EXISTS, ""),
+    InvalidQueueRequestError: (_S.INVALID_ARGUMENT, ""),
+    # access control (authentication and ACL refusals are the interceptor's, grpc_api/auth.py)
+    SecurityError: (_S.FAILED_PRECONDITION, ""),
+    InvalidAclError: (_S.INVALID_ARGUMENT, "see 'moldau acl add --help' for the values"),
     EngineError: (_S.INTERNAL, ""),
 }
 

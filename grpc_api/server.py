@@ -28,8 +28,11 @@ from engine.broker import Broker, BrokerSettings
 from engine.clock import SystemClock
 from engine.errors import EngineError
 from engine.groups import GroupCoordinator
+from engine.security import AclStore
 from engine.views.eventstore import EventStore
+from grpc_api.acls import AclServicer
 from grpc_api.admin import AdminServicer
+from grpc_api.auth import Security
 from grpc_api.config import ConfigError, ServerConfig, load_config
 from grpc_api.eventstore import EventStoreServicer
 from grpc_api.fetch import FetchServicer, add_fetch_service
@@ -47,6 +50,8 @@ from moldau.v1 import (
     groups_pb2_grpc,
     produce_pb2,
     produce_pb2_grpc,
+    security_pb2,
+    security_pb2_grpc,
 )
 
 __all__ = ["SERVICE_NAMES", "main", "serve"]
@@ -60,6 +65,7 @@ SERVICE_NAMES: tuple[str, ...] = (
     fetch_pb2.DESCRIPTOR.services_by_name["FetchService"].full_name,
     groups_pb2.DESCRIPTOR.services_by_name["GroupService"].full_name,
     eventstore_pb2.DESCRIPTOR.services_by_name["EventStoreService"].full_name,
+    security_pb2.DESCRIPTOR.services_by_name["AclService"].full_name,
 )
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -77,10 +83,16 @@ class _Health:
             await self.servicer.set(name, status)
 
 
-def build_server(runtime: Runtime, health_servicer: Any) -> Any:
-    """A grpc.aio server with the Moldau services, health and reflection registered."""
+def build_server(runtime: Runtime, health_servicer: Any, security: Security | None = None) -> Any:
+    """A grpc.aio server with the Moldau services, health and reflection registered.
+
+    ``security`` (credentials, ACLs, quotas) adds its interceptor only when auth or a quota is
+    on; without it the server has auth off.
+    """
     config = runtime.config
+    security = security or Security(config)
     server = grpc.aio.server(
+        interceptors=security.interceptors(),
         options=[
             ("grpc.max_receive_message_length", config.max_request_bytes),
             ("grpc.max_send_message_length", -1),
@@ -95,6 +107,7 @@ def build_server(runtime: Runtime, health_servicer: Any) -> Any:
     eventstore_pb2_grpc.add_EventStoreServiceServicer_to_server(
         EventStoreServicer(runtime), server
     )
+    security_pb2_grpc.add_AclServiceServicer_to_server(AclServicer(runtime, security), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -105,13 +118,22 @@ def build_server(runtime: Runtime, health_servicer: Any) -> Any:
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     """Run the server until ``stop`` is set (or SIGTERM/SIGINT); returns the exit code."""
     stop = stop or asyncio.Event()
+    try:
+        security = Security.from_config(config)
+        credentials = security.server_credentials()
+    except ConfigError as exc:
+        print(f"moldau: {exc}", file=sys.stderr, flush=True)
+        return 2
     _install_signal_handlers(stop)
     runtime = Runtime(config)
     health_state = _Health()
     await health_state.set_all(_NOT_SERVING)  # before start: the servicer defaults to SERVING
-    server = build_server(runtime, health_state.servicer)
+    server = build_server(runtime, health_state.servicer, security)
     try:
-        port = server.add_insecure_port(config.listen)
+        if credentials is None:
+            port = server.add_insecure_port(config.listen)
+        else:
+            port = server.add_secure_port(config.listen, credentials)
     except RuntimeError as exc:
         port = 0
         log.debug("bind failed: %s", exc)
@@ -123,6 +145,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     await server.start()
     try:
         broker, coordinator, event_store = await runtime.run(_open_storage, config)
+        security.set_store(await runtime.run(AclStore.open, broker, SystemClock()))
     except (EngineError, OSError) as exc:
         print(f"moldau: cannot open the data directory {config.data_dir}: {exc}",
               file=sys.stderr, flush=True)
@@ -219,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ConfigError as exc:
         print(f"moldau: {exc}", file=sys.stderr)
+        return 2
+    problem = config.exposure_problem()
+    if problem is not None:
+        print(f"moldau: {problem}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=config.log_level.upper(),

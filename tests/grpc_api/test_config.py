@@ -99,3 +99,32 @@ def test_metrics_listen_is_off_by_default_and_checked() -> None:
     assert config.metrics_listen == "127.0.0.1:9654"
     with pytest.raises(ConfigError, match="metrics_listen"):
         load_config(overrides={"metrics_listen": "nonsense"})
+
+
+def test_security_settings_from_file_and_env(tmp_path: Path) -> None:
+    path = tmp_path / "moldau.toml"
+    path.write_text(
+        'tls_cert_file = "s.pem"\ntls_key_file = "s.key"\nallow_anonymous = false\n'
+        'super_users = ["User:admin", "User:ops"]\nquota_produce_bytes_per_sec = 1048576\n'
+    )
+    config = load_config(path, environ={"MOLDAU_AUTH_TOKENS_FILE": "t.toml",
+                                        "MOLDAU_QUOTA_REQUESTS_PER_SEC": "50"})
+    assert config.tls_enabled
+    assert config.auth_enabled
+    assert config.allow_anonymous == "false"
+    assert not config.anonymous_allowed
+    assert config.super_user_set == {"User:admin", "User:ops"}
+    assert config.quota_produce_bytes_per_sec == 1048576
+    assert config.quota_requests_per_sec == 50
+    assert config.quotas_enabled
+
+
+def test_auth_is_off_and_anonymous_allowed_on_loopback_by_default() -> None:
+    config = load_config(environ={})
+    assert not config.auth_enabled
+    assert config.anonymous_allowed
+    assert config.exposure_problem() is None
+    exposed = load_config(environ={"MOLDAU_LISTEN": "0.0.0.0:7654"})
+    assert "refusing to listen on 0.0.0.0:7654" in (exposed.exposure_problem() or "")
+    assert load_config(environ={"MOLDAU_LISTEN": "0.0.0.0:7654",
+                                "MOLDAU_ALLOW_ANONYMOUS": "TRUE"}).exposure_problem() is None

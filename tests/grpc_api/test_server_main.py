@@ -35,4 +35,22 @@ def test_service_names() -> None:
         "moldau.v1.FetchService",
         "moldau.v1.GroupService",
         "moldau.v1.EventStoreService",
+        "moldau.v1.AclService",
     )
+
+
+def test_non_loopback_listen_with_auth_off_refuses_to_start(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--listen", "0.0.0.0:0"]) == 2
+    err = capsys.readouterr().err
+    assert "authentication off" in err
+    assert "auth_tokens_file" in err
+    assert "allow_anonymous" in err
+
+
+def test_unreadable_tokens_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOLDAU_AUTH_TOKENS_FILE", str(tmp_path / "missing.toml"))
+    assert main(["--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "data")]) == 2
+    assert "cannot read auth_tokens_file" in capsys.readouterr().err

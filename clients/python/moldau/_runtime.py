@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -25,7 +27,15 @@ from moldau.errors import (
     error_from_rpc,
 )
 
-__all__ = ["DEFAULT_SERVER", "LoopThread", "call", "open_channel", "resolve_server"]
+__all__ = [
+    "DEFAULT_SERVER",
+    "Credentials",
+    "LoopThread",
+    "call",
+    "open_channel",
+    "resolve_server",
+    "using_credentials",
+]
 
 DEFAULT_SERVER = "127.0.0.1:7654"
 """Where ``moldau serve`` listens by default; ``MOLDAU_SERVER`` overrides it."""
@@ -47,9 +57,116 @@ def resolve_server(server: str | None) -> str:
     return server or os.environ.get("MOLDAU_SERVER") or DEFAULT_SERVER
 
 
-def open_channel(server: str) -> grpc.aio.Channel:
-    """An insecure channel on the running loop (TLS arrives with the auth issue)."""
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """How a client proves who it is, and whether it speaks TLS.
+
+    Attributes:
+        token: Bearer token sent as ``authorization: Bearer <token>`` on every call.
+        tls_ca_file: PEM CA bundle that signed the server's certificate; setting it (or a
+            client certificate) makes the channel TLS.
+        tls_cert_file: PEM client certificate for mTLS (with ``tls_key_file``).
+        tls_key_file: PEM private key of ``tls_cert_file``.
+    """
+
+    token: str | None = None
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+    @classmethod
+    def resolve(cls, **explicit: str | None) -> Credentials:
+        """``explicit`` values, else ``$MOLDAU_TOKEN``, ``$MOLDAU_TLS_CA_FILE``,
+        ``$MOLDAU_TLS_CERT_FILE`` and ``$MOLDAU_TLS_KEY_FILE``."""
+        return cls(**{
+            name: explicit.get(name) or os.environ.get(f"MOLDAU_{name.upper()}") or None
+            for name in ("token", "tls_ca_file", "tls_cert_file", "tls_key_file")
+        })
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_ca_file or self.tls_cert_file)
+
+
+#: Credentials given to a client constructor, for channels its helpers open (see
+#: :func:`using_credentials`); None falls back to the environment.
+_CREDENTIALS: contextvars.ContextVar[Credentials | None] = contextvars.ContextVar(
+    "moldau_credentials", default=None
+)
+
+
+@contextlib.contextmanager
+def using_credentials(credentials: Credentials | None) -> Iterator[None]:
+    """Channels opened inside the block (and in tasks started from it) use ``credentials``."""
+    reset = _CREDENTIALS.set(credentials)
+    try:
+        yield
+    finally:
+        _CREDENTIALS.reset(reset)
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise ValueError(f"cannot read the {what} {path}: {exc.strerror}") from None
+
+
+def open_channel(server: str, credentials: Credentials | None = None) -> grpc.aio.Channel:
+    """A channel on the running loop: TLS when a CA or client certificate is configured, with
+    the bearer token on every call when one is (see :class:`Credentials`)."""
+    creds = credentials or _CREDENTIALS.get() or Credentials.resolve()
+    if creds.tls:
+        if bool(creds.tls_cert_file) != bool(creds.tls_key_file):
+            raise ValueError("a client certificate needs both tls_cert_file and tls_key_file")
+        channel_credentials = grpc.ssl_channel_credentials(
+            root_certificates=_read(creds.tls_ca_file, "CA file") if creds.tls_ca_file else None,
+            private_key=_read(creds.tls_key_file, "key file") if creds.tls_key_file else None,
+            certificate_chain=(_read(creds.tls_cert_file, "certificate file")
+                               if creds.tls_cert_file else None),
+        )
+        if creds.token:
+            channel_credentials = grpc.composite_channel_credentials(
+                channel_credentials, grpc.access_token_call_credentials(creds.token)
+            )
+        return grpc.aio.secure_channel(server, channel_credentials, options=_CHANNEL_OPTIONS)
+    if creds.token:  # call credentials need TLS; on plaintext the header goes by interceptor
+        return grpc.aio.insecure_channel(
+            server, options=_CHANNEL_OPTIONS, interceptors=_token_interceptors(creds.token)
+        )
     return grpc.aio.insecure_channel(server, options=_CHANNEL_OPTIONS)
+
+
+def _token_interceptors(token: str) -> list[Any]:
+    header = ("authorization", f"Bearer {token}")
+
+    def details(call_details: Any) -> Any:
+        metadata = grpc.aio.Metadata(*(call_details.metadata or ()))
+        metadata.add(*header)
+        return call_details._replace(metadata=metadata)
+
+    class Unary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+        async def intercept_unary_unary(self, continuation: Any, call_details: Any,
+                                        request: Any) -> Any:
+            return await continuation(details(call_details), request)
+
+    class UnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+        async def intercept_unary_stream(self, continuation: Any, call_details: Any,
+                                         request: Any) -> Any:
+            return await continuation(details(call_details), request)
+
+    class StreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+        async def intercept_stream_unary(self, continuation: Any, call_details: Any,
+                                         request_iterator: Any) -> Any:
+            return await continuation(details(call_details), request_iterator)
+
+    class StreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+        async def intercept_stream_stream(self, continuation: Any, call_details: Any,
+                                          request_iterator: Any) -> Any:
+            return await continuation(details(call_details), request_iterator)
+
+    return [Unary(), UnaryStream(), StreamUnary(), StreamStream()]
 
 
 async def call(method: Callable[..., Awaitable[_T]], request: Any, timeout_s: float | None) -> _T:

@@ -16,8 +16,16 @@ from typing import Any, Literal
 
 import grpc
 
+from moldau._acl_admin import AclAdminMixin, AsyncAclAdminMixin
 from moldau._group_admin import AsyncGroupAdminMixin, GroupAdminMixin
-from moldau._runtime import LoopThread, call, connection_error, open_channel, resolve_server
+from moldau._runtime import (
+    Credentials,
+    LoopThread,
+    call,
+    connection_error,
+    open_channel,
+    resolve_server,
+)
 from moldau._types import (
     PartitionInfo,
     PartitionOffset,
@@ -25,7 +33,7 @@ from moldau._types import (
     TopicSummary,
 )
 from moldau.errors import ClientClosedError, MoldauError
-from moldau.v1 import admin_pb2, admin_pb2_grpc, common_pb2, groups_pb2_grpc
+from moldau.v1 import admin_pb2, admin_pb2_grpc, common_pb2, groups_pb2_grpc, security_pb2_grpc
 
 __all__ = ["Admin", "AsyncAdmin", "OffsetSpecLike", "offset_spec"]
 
@@ -67,20 +75,40 @@ def _description(message: admin_pb2.TopicDescription) -> TopicDescription:
     )
 
 
-class AsyncAdmin(AsyncGroupAdminMixin):
-    """Creates, inspects, reconfigures and deletes topics; inspects, resets and deletes groups.
+class AsyncAdmin(AsyncGroupAdminMixin, AsyncAclAdminMixin):
+    """Creates, inspects, reconfigures and deletes topics; inspects, resets and deletes groups;
+    manages ACLs.
 
     Args:
         server: ``HOST:PORT``; default ``$MOLDAU_SERVER`` or 127.0.0.1:7654.
         timeout_ms: Deadline of each call.
+        token: Bearer token; default ``$MOLDAU_TOKEN``.
+        tls_ca_file: CA that signed the server's certificate (TLS); default
+            ``$MOLDAU_TLS_CA_FILE``.
+        tls_cert_file: Client certificate for mTLS; default ``$MOLDAU_TLS_CERT_FILE``.
+        tls_key_file: Its key; default ``$MOLDAU_TLS_KEY_FILE``.
 
     Use ``async with AsyncAdmin() as admin:``, or call :meth:`close` when done. The channel
     opens on first use, on the loop that uses it.
     """
 
-    def __init__(self, server: str | None = None, *, timeout_ms: int = 30_000) -> None:
+    def __init__(
+        self,
+        server: str | None = None,
+        *,
+        timeout_ms: int = 30_000,
+        token: str | None = None,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+    ) -> None:
         self.server = resolve_server(server)
         self._timeout_s = timeout_ms / 1000.0
+        self._credentials = Credentials.resolve(
+            token=token, tls_ca_file=tls_ca_file, tls_cert_file=tls_cert_file,
+            tls_key_file=tls_key_file,
+        )
+        self._acls_stub: security_pb2_grpc.AclServiceStub | None = None
         self._channel: grpc.aio.Channel | None = None
         self._stub: admin_pb2_grpc.AdminServiceStub | None = None
         self._groups_stub: groups_pb2_grpc.GroupServiceStub | None = None
@@ -90,7 +118,7 @@ class AsyncAdmin(AsyncGroupAdminMixin):
         if self._closed:
             raise ClientClosedError("the admin client is closed")
         if self._channel is None:
-            self._channel = open_channel(self.server)
+            self._channel = open_channel(self.server, self._credentials)
         return self._channel
 
     def _admin(self) -> admin_pb2_grpc.AdminServiceStub:
@@ -102,6 +130,14 @@ class AsyncAdmin(AsyncGroupAdminMixin):
         if self._groups_stub is None:
             self._groups_stub = groups_pb2_grpc.GroupServiceStub(self._open())
         return self._groups_stub
+
+    def _acls(self) -> security_pb2_grpc.AclServiceStub:
+        if self._acls_stub is None:
+            self._acls_stub = security_pb2_grpc.AclServiceStub(self._open())
+        return self._acls_stub
+
+    async def _acl_call(self, name: str, request: object) -> Any:
+        return await self._invoke(getattr(self._acls(), name), request)
 
     async def _call(self, name: str, request: object) -> object:
         return await self._invoke(getattr(self._admin(), name), request)
@@ -182,7 +218,7 @@ class AsyncAdmin(AsyncGroupAdminMixin):
 
     async def close(self) -> None:
         self._closed = True
-        self._stub = self._groups_stub = None
+        self._stub = self._groups_stub = self._acls_stub = None
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
@@ -199,13 +235,25 @@ class AsyncAdmin(AsyncGroupAdminMixin):
         await self.close()
 
 
-class Admin(GroupAdminMixin):
+class Admin(GroupAdminMixin, AclAdminMixin):
     """The blocking twin of :class:`AsyncAdmin`; same arguments, same results."""
 
     _async: AsyncAdmin
 
-    def __init__(self, server: str | None = None, *, timeout_ms: int = 30_000) -> None:
-        self._async = AsyncAdmin(server, timeout_ms=timeout_ms)
+    def __init__(
+        self,
+        server: str | None = None,
+        *,
+        timeout_ms: int = 30_000,
+        token: str | None = None,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+    ) -> None:
+        self._async = AsyncAdmin(
+            server, timeout_ms=timeout_ms, token=token, tls_ca_file=tls_ca_file,
+            tls_cert_file=tls_cert_file, tls_key_file=tls_key_file,
+        )
         self.server = self._async.server
         self._thread = LoopThread("moldau-admin")
 

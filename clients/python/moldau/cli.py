@@ -21,6 +21,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, NoReturn, TextIO
 
+from moldau._cli_acl import (
+    add_credential_flags,
+    add_security_commands,
+    credentials_env,
+    run_security_command,
+)
 from moldau._cli_bench import add_bench_command, run_bench_command
 from moldau._cli_groups import add_groups_command, run_groups
 from moldau._cli_output import (
@@ -184,6 +190,8 @@ def build_parser() -> _Parser:
 
     add_groups_command(commands, _command, _add_server)
     add_bench_command(commands, _command)
+    add_security_commands(commands, _command, _add_server)
+    add_credential_flags(parser)  # --token and --tls-* on every command with --server
     return parser
 
 
@@ -446,9 +454,13 @@ def main(
         "offsets": lambda: _offsets(args, out),
         "groups": lambda: run_groups(args, out, err),
         "bench": lambda: run_bench_command(args, out, err),
+        "acl": lambda: run_security_command(args, out),
+        "whoami": lambda: run_security_command(args, out),
+        "token": lambda: run_security_command(args, out, stdin),
     }
     try:
-        return handlers[args.command]()
+        with credentials_env(args):
+            return handlers[args.command]()
     except UsageError as exc:
         err.write(f"moldau: error: {exc}\n")
         return EXIT_USAGE

@@ -25,7 +25,13 @@ from engine.partitioner import partition_for_key
 from engine.records import Codec, NewRecord
 from moldau._accumulator import RECORD_OVERHEAD, Accumulator, PendingBatch
 from moldau._futures import BulkFuture, RecordFuture, await_completions, wait_completions
-from moldau._runtime import LoopThread, connection_error, resolve_server
+from moldau._runtime import (
+    Credentials,
+    LoopThread,
+    connection_error,
+    resolve_server,
+    using_credentials,
+)
 from moldau._sender import Sender
 from moldau._types import HeadersLike, normalize_headers
 from moldau.errors import BufferFullError, ClientClosedError, MoldauError, RequestTimeoutError
@@ -193,6 +199,11 @@ class Producer(_ProducerCore):
         retry_backoff_ms: First pause before resending after a lost connection (doubles).
         max_in_flight_per_partition: Batches per partition awaiting acknowledgement (1-5).
         idempotent: Tag batches with producer id and sequences so retries never duplicate.
+        token: Bearer token; default ``$MOLDAU_TOKEN``.
+        tls_ca_file: CA that signed the server's certificate (TLS); default
+            ``$MOLDAU_TLS_CA_FILE``.
+        tls_cert_file: Client certificate for mTLS; default ``$MOLDAU_TLS_CERT_FILE``.
+        tls_key_file: Its key; default ``$MOLDAU_TLS_KEY_FILE``.
     """
 
     def __init__(
@@ -209,7 +220,15 @@ class Producer(_ProducerCore):
         retry_backoff_ms: float = 100,
         max_in_flight_per_partition: int = 5,
         idempotent: bool = True,
+        token: str | None = None,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
     ) -> None:
+        self._credentials = Credentials.resolve(
+            token=token, tls_ca_file=tls_ca_file, tls_cert_file=tls_cert_file,
+            tls_key_file=tls_key_file,
+        )
         super().__init__(
             server, linger_ms=linger_ms, batch_size=batch_size, codec=codec,
             buffer_memory=buffer_memory, max_block_ms=max_block_ms,
@@ -218,7 +237,8 @@ class Producer(_ProducerCore):
             max_in_flight_per_partition=max_in_flight_per_partition, idempotent=idempotent,
         )
         self._thread = LoopThread("moldau-producer")
-        self._thread.run(self._sender.start())
+        with using_credentials(self._credentials):  # the sender opens its channel in start
+            self._thread.run(self._sender.start())
 
     def partition_count(self, topic: str) -> int:
         """The topic's number of partitions (cached after the first call)."""
@@ -358,7 +378,15 @@ class AsyncProducer(_ProducerCore):
         retry_backoff_ms: float = 100,
         max_in_flight_per_partition: int = 5,
         idempotent: bool = True,
+        token: str | None = None,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
     ) -> None:
+        self._credentials = Credentials.resolve(
+            token=token, tls_ca_file=tls_ca_file, tls_cert_file=tls_cert_file,
+            tls_key_file=tls_key_file,
+        )
         super().__init__(
             server, linger_ms=linger_ms, batch_size=batch_size, codec=codec,
             buffer_memory=buffer_memory, max_block_ms=max_block_ms,
@@ -375,7 +403,8 @@ class AsyncProducer(_ProducerCore):
             self._started = True
             room = self._room = asyncio.Event()
             self._accumulator.room_listeners.append(room.set)
-            await self._sender.start()
+            with using_credentials(self._credentials):
+                await self._sender.start()
 
     async def partition_count(self, topic: str) -> int:
         await self.start()
