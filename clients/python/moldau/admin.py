@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from moldau._acl_admin import AclAdminMixin, AsyncAclAdminMixin
 from moldau._group_admin import AsyncGroupAdminMixin, GroupAdminMixin
@@ -151,6 +152,15 @@ class AsyncAdmin(AsyncGroupAdminMixin, AsyncAclAdminMixin):
         except MoldauError as exc:
             raise connection_error(self.server, exc) from None
 
+    async def health(self, service: str = "") -> str:
+        """The gRPC health status of ``service`` ("" = the broker): ``SERVING``,
+        ``NOT_SERVING`` (recovering or shutting down) or ``SERVICE_UNKNOWN``."""
+        stub = health_pb2_grpc.HealthStub(self._open())
+        request = health_pb2.HealthCheckRequest(service=service)
+        reply = await self._invoke(stub.Check, request)
+        assert isinstance(reply, health_pb2.HealthCheckResponse)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
     async def create_topic(
         self, name: str, partitions: int = 1, configs: Mapping[str, str] | None = None
     ) -> TopicDescription:
@@ -261,6 +271,9 @@ class Admin(GroupAdminMixin, AclAdminMixin):
         self, name: str, partitions: int = 1, configs: Mapping[str, str] | None = None
     ) -> TopicDescription:
         return self._thread.run(self._async.create_topic(name, partitions, configs))
+
+    def health(self, service: str = "") -> str:
+        return self._thread.run(self._async.health(service))
 
     def delete_topic(self, name: str) -> None:
         self._thread.run(self._async.delete_topic(name))

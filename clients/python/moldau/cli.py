@@ -37,6 +37,7 @@ from moldau._cli_output import (
     print_json,
     record_json,
 )
+from moldau._cli_status import add_status_command, run_status
 from moldau._futures import RecordFuture
 from moldau._runtime import DEFAULT_SERVER
 from moldau._types import Header, TopicDescription
@@ -189,6 +190,7 @@ def build_parser() -> _Parser:
     offsets.add_argument("--output", choices=("table", "json"), default="table")
 
     add_groups_command(commands, _command, _add_server)
+    add_status_command(commands, _command, _add_server)
     add_bench_command(commands, _command)
     add_security_commands(commands, _command, _add_server)
     add_credential_flags(parser)  # --token and --tls-* on every command with --server
@@ -453,6 +455,7 @@ def main(
         "consume": lambda: _consume(args, out),
         "offsets": lambda: _offsets(args, out),
         "groups": lambda: run_groups(args, out, err),
+        "status": lambda: run_status(args, out, err),
         "bench": lambda: run_bench_command(args, out, err),
         "acl": lambda: run_security_command(args, out),
         "whoami": lambda: run_security_command(args, out),
