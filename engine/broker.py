@@ -40,6 +40,7 @@ from engine.errors import (
     InvalidTopicError,
     StorageError,
     TopicExistsError,
+    TopicLimitError,
     UnknownPartitionError,
     UnknownTopicError,
 )
@@ -75,6 +76,8 @@ class BrokerSettings:
 
     max_partitions_per_topic: int = 10_000
     max_topics: int = 100_000
+    #: Partitions over all topics (each is a directory with open files and memory maps).
+    max_partitions: int = 1_000_000
     maintenance_interval_ms: int = 200
     retention_check_interval_ms: int = 300_000
     compaction_check_interval_ms: int = 30_000
@@ -293,10 +296,11 @@ class Broker:
         allow_internal: bool = False,
     ) -> TopicInfo:
         validate_topic_name(name, allow_internal=allow_internal)
-        if not 1 <= partitions <= self.settings.max_partitions_per_topic:
+        internal = name.startswith(INTERNAL_TOPIC_PREFIX)
+        most = 1 << 20 if internal else self.settings.max_partitions_per_topic
+        if not 1 <= partitions <= most:
             raise InvalidTopicError(
-                f"partitions must be between 1 and {self.settings.max_partitions_per_topic}, "
-                f"got {partitions}"
+                f"partitions must be between 1 and {most}, got {partitions}"
             )
         overrides = {str(k): str(v) for k, v in (config or {}).items()}
         topic_config = TopicConfig.from_dict(overrides, base=self._default_config)
@@ -308,16 +312,31 @@ class Broker:
                     f"topic {name!r} collides with an existing topic once '.' and '_' are "
                     "treated alike (as Kafka does for metric names); choose another name"
                 )
-            if len(self._topics) >= self.settings.max_topics:
-                raise InvalidTopicError(
-                    f"the broker holds its maximum of {self.settings.max_topics} topics"
-                )
+            self._check_limits(name, partitions)
             logs = [self._open_partition(name, n, topic_config) for n in range(partitions)]
             self._fileio.fsync_dir(self.data_dir)
             info = TopicInfo(name, partitions, topic_config, overrides)
             self._topics[name] = _Topic(info, logs)
             self._write_metadata()
             return info
+
+    def _check_limits(self, name: str, partitions: int) -> None:
+        """Internal topics are exempt: the broker's own views must always be able to start."""
+        if name.startswith(INTERNAL_TOPIC_PREFIX):
+            return
+        user_topics = [t for t in self._topics.values() if not t.info.internal]
+        if len(user_topics) >= self.settings.max_topics:
+            raise TopicLimitError(
+                f"the broker holds its maximum of {self.settings.max_topics} topics; delete "
+                "unused topics or raise max_topics"
+            )
+        held = sum(len(topic.partitions) for topic in user_topics)
+        if held + partitions > self.settings.max_partitions:
+            raise TopicLimitError(
+                f"{partitions} more partitions would pass the broker's maximum of "
+                f"{self.settings.max_partitions} (it holds {held}); delete unused topics or "
+                "raise max_partitions"
+            )
 
     def _collides(self, name: str) -> bool:
         folded = name.replace(".", "_")

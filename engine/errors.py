@@ -80,6 +80,7 @@ __all__ = [
     "StorageError",
     "TopicError",
     "TopicExistsError",
+    "TopicLimitError",
     "UnknownGroupError",
     "UnknownMemberError",
     "UnknownPartitionError",
@@ -181,6 +182,10 @@ class TopicExistsError(TopicError):
 
 class InvalidTopicError(TopicError):
     """Bad topic name or partition count; the message says what is allowed."""
+
+
+class TopicLimitError(TopicError):
+    """Creating the topic would pass a broker limit (topics or partitions); nothing changed."""
 
 
 class UnknownPartitionError(TopicError):

@@ -59,6 +59,15 @@ class ServerConfig:
         worker_threads: Threads running blocking engine calls (appends wait for fsync there).
         shutdown_grace_ms: How long in-flight calls may take to finish on SIGTERM.
         log_level: Python logging level name.
+        log_format: ``text`` (one readable line per event) or ``json`` (one JSON object per
+            line, for log shippers); both carry the request id of the call that logged.
+        max_connections: Client connections with calls in progress at once; a call from one
+            more connection is refused with RESOURCE_EXHAUSTED (0 = no limit).
+        max_in_flight_per_connection: Concurrent calls (HTTP/2 streams) one connection may
+            open; the client queues the rest (``grpc.max_concurrent_streams``).
+        max_topics: Topics the broker holds (internal topics not counted).
+        max_partitions_per_topic: Partitions one topic may have.
+        max_partitions: Partitions over all topics.
         metrics_listen: ``HOST:PORT`` of the Prometheus ``/metrics`` endpoint; empty (the
             default) serves none.
         topic_defaults: Config overrides applied to every topic unless the topic sets its own.
@@ -91,6 +100,12 @@ class ServerConfig:
     worker_threads: int = 16
     shutdown_grace_ms: int = 10_000
     log_level: str = "INFO"
+    log_format: str = "text"
+    max_connections: int = 1_000
+    max_in_flight_per_connection: int = 1_000
+    max_topics: int = 10_000
+    max_partitions_per_topic: int = 10_000
+    max_partitions: int = 100_000
     metrics_listen: str = ""
     topic_defaults: Mapping[str, str] = field(default_factory=dict)
     tls_cert_file: str = ""
@@ -114,15 +129,23 @@ class ServerConfig:
             raise ConfigError("data_dir must not be empty")
         for name in ("max_request_bytes", "max_batch_bytes", "max_fetch_bytes",
                      "default_fetch_bytes", "max_fetch_records", "produce_stream_window",
-                     "worker_threads"):
+                     "worker_threads", "max_in_flight_per_connection", "max_topics",
+                     "max_partitions_per_topic", "max_partitions"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_wait_ms", "shutdown_grace_ms"):
+        for name in ("max_wait_ms", "shutdown_grace_ms", "max_connections"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.log_level.upper() not in _LOG_LEVELS:
             raise ConfigError(
                 f"log_level must be one of {', '.join(_LOG_LEVELS)}, got {self.log_level!r}"
+            )
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format must be text or json, got {self.log_format!r}")
+        if self.max_partitions_per_topic > self.max_partitions:
+            raise ConfigError(
+                f"max_partitions_per_topic ({self.max_partitions_per_topic}) must not exceed "
+                f"max_partitions ({self.max_partitions})"
             )
         if self.default_fetch_bytes > self.max_fetch_bytes:
             raise ConfigError(

@@ -57,6 +57,7 @@ from engine.errors import (
     StreamNotFoundError,
     TopicError,
     TopicExistsError,
+    TopicLimitError,
     UnknownExchangeError,
     UnknownGroupError,
     UnknownMemberError,
@@ -71,6 +72,7 @@ from engine.records.errors import (
     InvalidBatchError,
     RecordError,
 )
+from grpc_api.logs import REQUEST_ID, REQUEST_ID_KEY
 
 __all__ = [
     "ERROR_METADATA_KEY",
@@ -124,6 +126,7 @@ STATUS_TABLE: dict[type[BaseException], tuple[Any, str]] = {
     UnknownTopicError: (_S.NOT_FOUND, "create it first or check the name with ListTopics"),
     UnknownPartitionError: (_S.NOT_FOUND, "DescribeTopic lists the partitions"),
     TopicExistsError: (_S.ALREADY_EXISTS, "choose another name or delete the topic first"),
+    TopicLimitError: (_S.RESOURCE_EXHAUSTED, ""),
     # producer state
     ProducerError: (_S.FAILED_PRECONDITION, ""),
     OutOfOrderSequenceError: (
@@ -214,7 +217,7 @@ async def abort_with(context: Any, exc: BaseException) -> NoReturn:
     if code == _S.INTERNAL:
         log.error("unexpected error in a request: %r", exc, exc_info=exc)
     # the error class travels as trailing metadata, so clients need not parse the message
-    reason = ((ERROR_METADATA_KEY, error_reason(exc)),)
+    reason = ((ERROR_METADATA_KEY, error_reason(exc)), (REQUEST_ID_KEY, REQUEST_ID.get()))
     await context.abort(code, message, trailing_metadata=reason)
     raise AssertionError("context.abort returned")  # pragma: no cover  (it always raises)
 

@@ -33,10 +33,12 @@ from engine.views.eventstore import EventStore
 from grpc_api.acls import AclServicer
 from grpc_api.admin import AdminServicer
 from grpc_api.auth import Security
+from grpc_api.callctx import CallContextInterceptor
 from grpc_api.config import ConfigError, ServerConfig, load_config
 from grpc_api.eventstore import EventStoreServicer
 from grpc_api.fetch import FetchServicer, add_fetch_service
 from grpc_api.groups import GroupServicer, run_group_maintenance
+from grpc_api.logs import configure_logging
 from grpc_api.metrics import start_metrics
 from grpc_api.produce import ProduceServicer
 from grpc_api.runtime import Runtime
@@ -91,10 +93,12 @@ def build_server(runtime: Runtime, health_servicer: Any, security: Security | No
     """
     config = runtime.config
     security = security or Security(config)
+    calls = CallContextInterceptor(config.max_connections)
     server = grpc.aio.server(
-        interceptors=security.interceptors(),
+        interceptors=[calls, *security.interceptors()],  # request ids first, then auth
         options=[
             ("grpc.max_receive_message_length", config.max_request_bytes),
+            ("grpc.max_concurrent_streams", config.max_in_flight_per_connection),
             ("grpc.max_send_message_length", -1),
             # without this a second server could bind the same port and steal half the calls
             ("grpc.so_reuseport", 0),
@@ -194,7 +198,12 @@ def _start_metrics(runtime: Runtime, config: ServerConfig) -> Any:
 
 def _open_storage(config: ServerConfig) -> tuple[Broker, GroupCoordinator, EventStore]:
     """Worker thread: recover the partitions, then replay the committed group offsets."""
-    settings = BrokerSettings(default_overrides=dict(config.topic_defaults) or None)
+    settings = BrokerSettings(
+        default_overrides=dict(config.topic_defaults) or None,
+        max_topics=config.max_topics,
+        max_partitions_per_topic=config.max_partitions_per_topic,
+        max_partitions=config.max_partitions,
+    )
     broker = Broker.open(config.data_dir, settings=settings)
     try:
         clock = SystemClock()
@@ -225,6 +234,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-dir", metavar="DIR", help="data directory (default ./moldau-data)")
     parser.add_argument("--config", metavar="FILE", help="TOML config file (or MOLDAU_CONFIG)")
     parser.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument("--log-format", choices=("text", "json"),
+                        help="text lines (default) or one JSON object per line")
     parser.add_argument("--metrics-listen", metavar="HOST:PORT",
                         help="serve Prometheus metrics at http://HOST:PORT/metrics (default off)")
     return parser.parse_args(argv)
@@ -238,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             args.config,
             environ=os.environ,
             overrides={"listen": args.listen, "data_dir": args.data_dir,
-                       "log_level": args.log_level, "metrics_listen": args.metrics_listen},
+                       "log_level": args.log_level, "log_format": args.log_format,
+                       "metrics_listen": args.metrics_listen},
         )
     except ConfigError as exc:
         print(f"moldau: {exc}", file=sys.stderr)
@@ -247,11 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem is not None:
         print(f"moldau: {problem}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(config.log_level, config.log_format, sys.stderr)
     try:
         return asyncio.run(serve(config))
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown

@@ -122,11 +122,14 @@ def test_unary_errors_aborts_with_the_mapped_status() -> None:
         asyncio.run(Servicer().Unary(e.UnknownTopicError("t"), context))
     assert context.aborted is not None
     assert context.aborted[0] == S.NOT_FOUND
-    assert context.trailing_metadata == (("moldau-error", "UnknownTopicError"),)
+    assert context.trailing_metadata == (
+        ("moldau-error", "UnknownTopicError"),
+        ("x-request-id", "-"),
+    )
     with pytest.raises(grpc.aio.AbortError):
         asyncio.run(Servicer().Unary(KeyError("bug"), context))
     assert context.aborted[0] == S.INTERNAL
-    assert context.trailing_metadata == (("moldau-error", "InternalError"),)
+    assert context.trailing_metadata == (("moldau-error", "InternalError"), ("x-request-id", "-"))
 
 
 def test_stream_errors_aborts_after_the_items_already_sent() -> None:

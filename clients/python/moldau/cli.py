@@ -124,6 +124,8 @@ def build_parser() -> _Parser:
     serve.add_argument("--data-dir", metavar="DIR", help="data directory (default ./moldau-data)")
     serve.add_argument("--config", metavar="FILE", help="TOML config file (or $MOLDAU_CONFIG)")
     serve.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR")
+    serve.add_argument("--log-format", choices=("text", "json"),
+                       help="text lines (default) or one JSON object per line")
     serve.add_argument("--metrics-listen", metavar="HOST:PORT",
                        help="serve Prometheus metrics at http://HOST:PORT/metrics (default off)")
 
@@ -424,6 +426,7 @@ def _serve(args: argparse.Namespace) -> int:
     argv: list[str] = []
     for flag, value in (("--listen", args.listen), ("--data-dir", args.data_dir),
                         ("--config", args.config), ("--log-level", args.log_level),
+                        ("--log-format", args.log_format),
                         ("--metrics-listen", args.metrics_listen)):
         if value is not None:
             argv += [flag, value]

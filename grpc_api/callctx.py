@@ -1,0 +1,145 @@
+"""Per-call context: the request id, and the limit on client connections with calls running.
+
+:class:`CallContextInterceptor` runs first for every call. It sets
+:data:`grpc_api.logs.REQUEST_ID` from the client's ``x-request-id`` metadata (printable ASCII,
+at most 64 characters) or makes one up, so log lines and error statuses name the call.
+
+Connections: gRPC Python does not expose connections, only each call's peer address
+(``ipv4:127.0.0.1:53412``), which is one client connection. The interceptor counts calls in
+progress per peer; a call from a peer with none in progress while ``max_connections`` peers
+have some is refused with RESOURCE_EXHAUSTED. An idle connection therefore holds no slot:
+the limit bounds the connections that cost the server work, which is what protects it. Calls
+per connection are bounded by HTTP/2 (``grpc.max_concurrent_streams``, set by the server from
+``max_in_flight_per_connection``): the client queues the excess instead of failing.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from grpc_api.errors import ERROR_METADATA_KEY
+from grpc_api.logs import REQUEST_ID, REQUEST_ID_KEY
+
+__all__ = ["CallContextInterceptor", "request_id_from"]
+
+log = logging.getLogger("moldau.calls")
+
+_MAX_ID_CHARS = 64
+_S = grpc.StatusCode
+
+
+def request_id_from(metadata: Any) -> str:
+    """The client's id when it is usable, else a new random one (16 hex digits)."""
+    for key, value in metadata or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str):
+            if 0 < len(value) <= _MAX_ID_CHARS and value.isascii() and value.isprintable():
+                return value
+            break
+    return os.urandom(8).hex()
+
+
+class CallContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # untyped base
+    """Sets the request id of each call; enforces ``max_connections`` (0 = no limit)."""
+
+    def __init__(self, max_connections: int) -> None:
+        self.max_connections = max_connections
+        self._active: dict[str, int] = {}  # peer -> calls in progress (event loop thread only)
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
+
+    @property
+    def connections(self) -> int:
+        """Peers with at least one call in progress."""
+        return len(self._active)
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
+    ) -> Any:
+        REQUEST_ID.set(request_id_from(handler_call_details.invocation_metadata))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("call %s", handler_call_details.method)
+        handler = await continuation(handler_call_details)
+        if handler is None or self.max_connections <= 0:
+            return handler
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    async def _enter(self, context: Any) -> str:
+        peer = str(context.peer())
+        count = self._active.get(peer)
+        if count is None:
+            if len(self._active) >= self.max_connections:
+                await context.abort(
+                    _S.RESOURCE_EXHAUSTED,
+                    f"the broker serves at most {self.max_connections} client connections with "
+                    "calls in progress; retry later, share connections between clients, or "
+                    "raise max_connections",
+                    trailing_metadata=((ERROR_METADATA_KEY, "ConnectionLimitError"),),
+                )
+            count = 0
+        self._active[peer] = count + 1
+        return peer
+
+    def _leave(self, peer: str) -> None:
+        count = self._active.get(peer, 1) - 1
+        if count <= 0:
+            self._active.pop(peer, None)
+        else:
+            self._active[peer] = count
+
+    def _wrap(self, handler: Any) -> Any:
+        serializers = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary), **serializers
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._streaming(handler.unary_stream), **serializers
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary(handler.stream_unary), **serializers
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._streaming(handler.stream_stream), **serializers
+        )
+
+    def _unary(self, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+        async def counted(request: Any, context: Any) -> Any:
+            peer = await self._enter(context)
+            try:
+                return await behavior(request, context)
+            finally:
+                self._leave(peer)
+
+        return counted
+
+    def _streaming(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        # gRPC tells streaming handlers by their function kind: an async generator yields the
+        # responses; a coroutine function writes them with context.write (keep its kind)
+        if not inspect.isasyncgenfunction(behavior):
+            return self._unary(behavior)
+
+        async def counted(request: Any, context: Any) -> AsyncIterator[Any]:
+            peer = await self._enter(context)
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            finally:
+                self._leave(peer)
+
+        return counted
