@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 import moldau
 import moldau.errors
 
@@ -37,6 +41,23 @@ def test_status_codes_map_to_the_tree() -> None:
     unknown = error_from_status(codes.DATA_LOSS, "damaged")
     assert isinstance(unknown, moldau.ServerError)
     assert unknown.code == codes.DATA_LOSS
+    assert isinstance(error_from_status(codes.UNAUTHENTICATED, "unknown token"),
+                      moldau.AuthenticationError)
+    assert isinstance(error_from_status(codes.PERMISSION_DENIED, "User:x may not READ"),
+                      moldau.PermissionDeniedError)
+
+
+def test_the_request_id_travels_with_the_error(tmp_path: Any) -> None:
+    from moldau.testing import broker
+
+    with (
+        broker(data_dir=tmp_path / "data") as running,
+        moldau.Admin(running.address) as admin,
+        pytest.raises(moldau.TopicNotFoundError) as missing,
+    ):
+        admin.describe_topic("nope")
+    assert len(missing.value.request_id) == 16  # made up by the server, as in its log lines
+    int(missing.value.request_id, 16)
 
 
 def test_the_server_error_class_decides_over_the_message() -> None:

@@ -488,6 +488,7 @@ def test_python_client_uses_tls_and_token_from_arguments_and_env(
         with pytest.raises(moldau.MoldauError) as info:  # the producer may not read
             _poll_until_error(consumer)
     assert info.value.code == _S.PERMISSION_DENIED
+    assert isinstance(info.value, moldau.PermissionDeniedError)
 
 
 def _poll_until_error(consumer: Any) -> None:

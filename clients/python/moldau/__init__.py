@@ -53,6 +53,7 @@ from moldau._types import (
 from moldau.admin import Admin, AsyncAdmin
 from moldau.consumer import AsyncConsumer, Consumer, FetchedBatch
 from moldau.errors import (
+    AuthenticationError,
     BufferFullError,
     ClientClosedError,
     CommitFailedError,
@@ -68,6 +69,7 @@ from moldau.errors import (
     NotFoundError,
     OffsetOutOfRangeError,
     PartitionNotFoundError,
+    PermissionDeniedError,
     ProducerStateError,
     RecordTooLargeError,
     RequestTimeoutError,
@@ -86,6 +88,7 @@ __all__ = [
     "AsyncAdmin",
     "AsyncConsumer",
     "AsyncProducer",
+    "AuthenticationError",
     "BatchMetadata",
     "BufferFullError",
     "BulkFuture",
@@ -118,6 +121,7 @@ __all__ = [
     "PartitionLag",
     "PartitionNotFoundError",
     "PartitionOffset",
+    "PermissionDeniedError",
     "Producer",
     "ProducerStateError",
     "RecordFuture",

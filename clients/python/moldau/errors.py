@@ -24,11 +24,14 @@ Tree::
     +-- NoOffsetForPartitionError    auto_offset_reset="none" and the group never committed
     +-- BufferFullError              send() waited max_block_ms for buffer memory
     +-- ClientClosedError            the client was used after close()
+    +-- AuthenticationError          UNAUTHENTICATED: no, an unknown or a revoked credential
+    +-- PermissionDeniedError        PERMISSION_DENIED: an ACL does not allow the operation
     +-- ServerError                  INTERNAL, DATA_LOSS, UNKNOWN and other codes: a server fault
 
 gRPC errors are translated in exactly one place, :func:`error_from_status`, so callers catch
 these classes and never ``grpc.RpcError``. ``retriable`` says whether the same request may
-succeed later unchanged; the producer retries those by itself.
+succeed later unchanged; the producer retries those by itself. ``request_id`` is the id the
+server logged the failed call under (its ``x-request-id``), "" when unknown.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from typing import Any
 import grpc
 
 __all__ = [
+    "AuthenticationError",
     "BufferFullError",
     "ClientClosedError",
     "CommitFailedError",
@@ -53,6 +57,7 @@ __all__ = [
     "NotFoundError",
     "OffsetOutOfRangeError",
     "PartitionNotFoundError",
+    "PermissionDeniedError",
     "ProducerStateError",
     "RecordTooLargeError",
     "RequestTimeoutError",
@@ -83,6 +88,7 @@ class MoldauError(Exception):
         super().__init__(message)
         self.message = message
         self.code = code
+        self.request_id = ""
 
 
 class ConnectionFailedError(MoldauError):
@@ -198,6 +204,14 @@ class ClientClosedError(MoldauError):
     pass
 
 
+class AuthenticationError(MoldauError):
+    """The server did not accept the caller's credential: pass a valid token or certificate."""
+
+
+class PermissionDeniedError(MoldauError):
+    """The caller is known but no ACL allows this operation on this resource."""
+
+
 class ServerError(MoldauError):
     pass
 
@@ -211,6 +225,8 @@ _BY_CODE: dict[Any, type[MoldauError]] = {
     _S.OUT_OF_RANGE: OffsetOutOfRangeError,
     _S.RESOURCE_EXHAUSTED: ResourceExhaustedError,
     _S.FAILED_PRECONDITION: ProducerStateError,
+    _S.UNAUTHENTICATED: AuthenticationError,
+    _S.PERMISSION_DENIED: PermissionDeniedError,
 }
 _CODE_BY_NUMBER: dict[int, Any] = {code.value[0]: code for code in _S}
 #: Server error classes (the ``moldau-error`` trailing metadata) that have a client class.
@@ -257,11 +273,17 @@ def error_from_rpc(error: grpc.RpcError) -> MoldauError:
     code = error.code() if hasattr(error, "code") else _S.UNKNOWN
     details = error.details() if hasattr(error, "details") else None
     reason = None
+    request_id = ""
     trailing = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
     for key, value in trailing or ():
+        text = value if isinstance(value, str) else bytes(value).decode("ascii", "replace")
         if key == "moldau-error":
-            reason = value if isinstance(value, str) else bytes(value).decode("ascii", "replace")
-    return error_from_status(code, details or str(code), reason)
+            reason = text
+        elif key == "x-request-id":
+            request_id = text
+    result = error_from_status(code, details or str(code), reason)
+    result.request_id = request_id
+    return result
 
 
 def _group_error(message: str) -> type[MoldauError] | None:
