@@ -83,6 +83,7 @@ class E2EJob:
     record_size: int
     variant: Variant
     timeout_s: float
+    warmup_s: float = 0.0  # the first seconds are sent and consumed but not measured
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,8 +220,19 @@ def value_pool(record_size: int, count: int = 10_000, seed: int = 7) -> list[byt
     return [distinct[i % len(distinct)] for i in range(count)]
 
 
-def pace(rate: float, records: int, start: float) -> list[tuple[float, int]]:
-    """The e2e schedule: ``(due monotonic time, records)`` chunks, about one per millisecond."""
+#: Values due before this monotonic time are warm-up: stamped negative, left out of latencies.
+#: Set by :func:`pace`, which each e2e producer process calls once before sending.
+_measure_from = 0.0
+
+
+def pace(rate: float, records: int, start: float,
+         warmup_s: float = 0.0) -> list[tuple[float, int]]:
+    """The e2e schedule: ``(due monotonic time, records)`` chunks, about one per millisecond.
+
+    The chunks due in the first ``warmup_s`` seconds are warm-up (see :func:`e2e_values`).
+    """
+    global _measure_from  # noqa: PLW0603  (one schedule per producer process)
+    _measure_from = start + warmup_s
     chunk = max(1, int(rate / 1000))
     schedule = []
     sent = 0
@@ -237,12 +249,18 @@ def due_stamp(due_monotonic: float) -> bytes:
 
 
 def latencies_us(values: Sequence[bytes], now_ns: int) -> list[int]:
-    """Latency of each e2e value, from its scheduled send time to ``now_ns``."""
+    """Latency of each e2e value, from its scheduled send time to ``now_ns``; warm-up values
+    (negative stamps) are left out."""
     unpack = DUE.unpack_from
-    return [(now_ns - unpack(v)[0]) // 1000 for v in values]
+    stamps = [unpack(v)[0] for v in values]
+    return [(now_ns - stamp) // 1000 for stamp in stamps if stamp >= 0]
 
 
 def e2e_values(due_monotonic: float, count: int, record_size: int) -> list[bytes]:
-    """``count`` values stamped with their scheduled send time, padded to ``record_size``."""
-    value = due_stamp(due_monotonic) + b"x" * max(0, record_size - DUE.size)
+    """``count`` values stamped with their scheduled send time, padded to ``record_size``;
+    warm-up values (due before the measured window) carry the stamp negated."""
+    stamp = due_stamp(due_monotonic)
+    if due_monotonic < _measure_from:
+        stamp = DUE.pack(-DUE.unpack(stamp)[0])
+    value = stamp + b"x" * max(0, record_size - DUE.size)
     return [value] * count

@@ -136,7 +136,7 @@ class KafkaClient:
         producer.list_topics(job.topic, timeout=30)
         gate()
         started = time.monotonic()
-        for due, count in pace(job.rate, job.records, started):
+        for due, count in pace(job.rate, job.records, started, job.warmup_s):
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)

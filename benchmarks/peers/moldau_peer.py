@@ -94,7 +94,7 @@ class MoldauClient:
             producer.partition_count(job.topic)
             gate()
             started = time.monotonic()
-            for due, count in pace(job.rate, job.records, started):
+            for due, count in pace(job.rate, job.records, started, job.warmup_s):
                 delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)

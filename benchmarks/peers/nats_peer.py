@@ -149,7 +149,7 @@ class NatsClient:
         started = time.monotonic()
         futures = []
         subject = f"{job.topic}.0"
-        for due, count in pace(job.rate, job.records, started):
+        for due, count in pace(job.rate, job.records, started, job.warmup_s):
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)

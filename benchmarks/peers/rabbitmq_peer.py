@@ -250,7 +250,7 @@ class RabbitClient:
 
         def next_batch() -> tuple[float, list[tuple[str, bytes]]] | None:
             if not planned:  # first call: right after the gate, when the clock starts
-                schedule.extend(pace(job.rate, job.records, time.monotonic()))
+                schedule.extend(pace(job.rate, job.records, time.monotonic(), job.warmup_s))
                 planned.append(True)
             if not schedule:
                 return None

@@ -102,7 +102,7 @@ class RedisClient:
         key = _key(job.topic, 0)
         gate()
         started = time.monotonic()
-        for due, count in pace(job.rate, job.records, started):
+        for due, count in pace(job.rate, job.records, started, job.warmup_s):
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)

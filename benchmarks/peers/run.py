@@ -63,6 +63,8 @@ class Settings:
     e2e_seconds: float
     max_seconds: float
     repetitions: int
+    warmup_seconds: float = 2.0
+    only: frozenset[str] = frozenset()  # workload groups to run; empty: all
 
     @property
     def workloads(self) -> list[str]:
@@ -189,10 +191,12 @@ def run_variant(server: PeerServer, client: PeerClient, variant: Variant, rep: i
     def e2e() -> list[dict[str, Any]]:
         topic = f"e2e_{tag}"
         client.create_topic(topic, 1, variant)
-        expected = int(settings.rate * settings.e2e_seconds)
-        job = E2EJob(topic, settings.rate, expected, 100, variant, settings.e2e_seconds + 30)
+        span = settings.warmup_seconds + settings.e2e_seconds
+        expected = int(settings.rate * span)
+        job = E2EJob(topic, settings.rate, expected, 100, variant, span + 30,
+                     settings.warmup_seconds)
         consumer, producer = run_parts(client, [("e2e_consume", job), ("e2e_produce", job)],
-                                       settings.e2e_seconds + 90)
+                                       span + 90)
         row = _row(server, variant, names[2], rep, [consumer],
                    elapsed=producer.ended - producer.started)
         row["lost"] = expected - consumer.records
@@ -210,10 +214,9 @@ def run_variant(server: PeerServer, client: PeerClient, variant: Variant, rep: i
         return [_row(server, variant, names[5], rep, produced),
                 _row(server, variant, names[6], rep, consumed)]
 
-    attempt("100 B", small)
-    attempt("e2e", e2e)
-    attempt("1 KiB", kib)
-    attempt("3p/6p", multi)
+    for group, action in (("100b", small), ("e2e", e2e), ("1kib", kib), ("multi", multi)):
+        if not settings.only or group in settings.only:
+            attempt(group, action)
     return rows
 
 
@@ -293,7 +296,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--kib-records", type=int, default=250_000,
                         help="1 KiB records per produce workload (default 250,000)")
     parser.add_argument("--rate", type=float, default=10_000, help="e2e records/s")
-    parser.add_argument("--e2e-seconds", type=float, default=30.0)
+    parser.add_argument("--e2e-seconds", type=float, default=30.0,
+                        help="measured e2e window (after the warm-up)")
+    parser.add_argument("--warmup-seconds", type=float, default=2.0,
+                        help="e2e traffic sent at the same rate before the measured window and "
+                             "left out of the latencies (fresh processes are slow at first)")
+    parser.add_argument("--workloads", default="",
+                        help="comma-separated subset of 100b,e2e,1kib,multi (default: all)")
     parser.add_argument("--max-seconds", type=float, default=20.0,
                         help="stop a produce or consume run after this long and rate it on "
                              "what it did (slow systems); default 20")
@@ -309,6 +318,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.systems, args.repetitions = "moldau", 1
         args.records, args.kib_records = 20_000, 5_000
         args.rate, args.e2e_seconds, args.max_seconds = 2_000.0, 1.0, 10.0
+        args.warmup_seconds = 0.5
     return args
 
 
@@ -319,8 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         _say(f"unknown systems: {', '.join(unknown)} (choose from {', '.join(SYSTEMS)})")
         return 2
+    only = frozenset(w.strip() for w in args.workloads.split(",") if w.strip())
+    unknown_workloads = sorted(only - {"100b", "e2e", "1kib", "multi"})
+    if unknown_workloads:
+        _say(f"unknown workloads: {', '.join(unknown_workloads)} (choose from 100b,e2e,1kib,multi)")
+        return 2
     settings = Settings(args.records, args.kib_records, args.rate, args.e2e_seconds,
-                        args.max_seconds, args.repetitions)
+                        args.max_seconds, args.repetitions, args.warmup_seconds, only)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM unwinds like Ctrl-C
     if not args.quick and not args.no_install:
         ensure_pip(systems, chart=True)
@@ -370,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         "versions": _versions(systems),
         "settings": {"records": settings.records, "kib_records": settings.kib_records,
                      "rate": settings.rate, "e2e_seconds": settings.e2e_seconds,
+                     "warmup_seconds": settings.warmup_seconds,
+                     "workloads": sorted(settings.only) or "all",
                      "max_seconds": settings.max_seconds,
                      "repetitions": settings.repetitions},
         "medians": rows, "runs": runs,
