@@ -42,7 +42,7 @@ import grpc
 from engine.security import ANONYMOUS, AclStore, Authorizer, Operation, ResourceType
 from grpc_api.auth_rules import Access, Requirement, Rule, rule_for
 from grpc_api.config import ConfigError, ServerConfig
-from grpc_api.errors import ERROR_METADATA_KEY, NotReadyError
+from grpc_api.errors import ERROR_METADATA_KEY, NotReadyError, observe_refusal
 from grpc_api.quotas import QuotaKind, Quotas, Throttle
 from grpc_api.wire import RawBatches
 
@@ -277,7 +277,9 @@ def _response_bytes(response: Any) -> int:
     return int(response.ByteSize())
 
 
-async def _abort(context: Any, refusal: _RefusalError) -> NoReturn:
+async def _abort(context: Any, refusal: _RefusalError, method: str) -> NoReturn:
+    # counted here: a refused call never reaches the servicer's decorators, which count the rest
+    observe_refusal(method, str(refusal.code.name))
     await context.abort(refusal.code, refusal.message, trailing_metadata=refusal.metadata)
     raise AssertionError("context.abort returned")  # pragma: no cover
 
@@ -398,7 +400,7 @@ class _Gate:
                 self._check(identity, request)
                 self._admit(identity, request)
             except _RefusalError as refusal:
-                await _abort(context, refusal)
+                await _abort(context, refusal, self._method)
             except NotReadyError as exc:
                 await context.abort(_S.UNAVAILABLE, str(exc))
             return self._finish(identity, await behavior(request, context))
@@ -420,7 +422,7 @@ class _Gate:
                 self._check(identity, request)
                 self._admit(identity, request)
             except _RefusalError as refusal:
-                await _abort(context, refusal)
+                await _abort(context, refusal, self._method)
             except NotReadyError as exc:
                 await context.abort(_S.UNAVAILABLE, str(exc))
             async for response in self._streamed(behavior(request, context), identity):
@@ -448,7 +450,7 @@ class _Gate:
                         try:
                             self._security.require(identity, (requirement,))
                         except _RefusalError as refusal:
-                            await _abort(context, refusal)
+                            await _abort(context, refusal, self._method)
                         allowed.add(requirement)
                 first = False
             if quotas is not None:
@@ -460,7 +462,7 @@ class _Gate:
             try:
                 identity = self._enter(context)
             except _RefusalError as refusal:
-                await _abort(context, refusal)
+                await _abort(context, refusal, self._method)
             response = await behavior(self._requests(identity, requests, context), context)
             return self._finish(identity, response)
 
@@ -471,7 +473,7 @@ class _Gate:
             try:
                 identity = self._enter(context)
             except _RefusalError as refusal:
-                await _abort(context, refusal)
+                await _abort(context, refusal, self._method)
             responses = behavior(self._requests(identity, requests, context), context)
             async for response in self._streamed(responses, identity):
                 yield response

@@ -81,6 +81,7 @@ __all__ = [
     "InvalidRequestError",
     "LimitExceededError",
     "NotReadyError",
+    "observe_refusal",
     "status_for",
     "stream_errors",
     "unary_errors",
@@ -248,6 +249,16 @@ def _observe(name: str, code: str, started: float) -> None:
     observer = _observer
     if observer is not None:
         observer(name, code, time.perf_counter() - started)
+
+
+def observe_refusal(method: str, code: str) -> None:
+    """Count a call refused before its servicer ran (``/moldau.v1.AdminService/CreateTopic``
+    is reported as ``AdminService/CreateTopic``, the name the servicer's calls use); no
+    latency is recorded for it."""
+    observer = _observer
+    if observer is not None:
+        service, _, name = method.rpartition("/")
+        observer(f"{service.rpartition('.')[2]}/{name}", code, -1.0)
 
 
 def _code_name(exc: BaseException, context: Any) -> str:

@@ -64,14 +64,17 @@ class RpcMetrics:
         self._call_children: dict[tuple[str, str], Any] = {}
 
     def observe(self, method: str, code: str, seconds: float) -> None:
-        latency = self._latency_children.get(method)
-        if latency is None:
-            latency = self._latency_children[method] = self._latency.labels(method)
+        """Count the call; ``seconds < 0`` (a refusal before the servicer) skips the latency."""
         calls = self._call_children.get((method, code))
         if calls is None:
             calls = self._call_children[(method, code)] = self._calls.labels(method, code)
-        latency.observe(seconds)
         calls.inc()
+        if seconds < 0:
+            return
+        latency = self._latency_children.get(method)
+        if latency is None:
+            latency = self._latency_children[method] = self._latency.labels(method)
+        latency.observe(seconds)
 
 
 class BrokerCollector(Collector):

@@ -88,3 +88,27 @@ def test_a_taken_metrics_port_does_not_stop_the_broker(start_server: StartServer
         server = start_server(extra_args=["--metrics-listen", f"127.0.0.1:{port}"])
         with grpc.insecure_channel(server.address) as channel:
             make_stubs(channel).admin.ListTopics(admin_pb2.ListTopicsRequest())
+
+
+def test_refused_calls_are_counted(start_server: StartServer, tmp_path: Path) -> None:
+    """Calls the auth layer refuses never reach a servicer; they are still counted by code."""
+    from grpc_api.auth import hash_token
+
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(f'[tokens]\nops = "{hash_token("s3cret")}"\n')
+    port = _free_port()
+    server = start_server(
+        env={"MOLDAU_AUTH_TOKENS_FILE": str(tokens), "MOLDAU_ALLOW_ANONYMOUS": "false"},
+        extra_args=["--metrics-listen", f"127.0.0.1:{port}"],
+    )
+    with grpc.insecure_channel(server.address) as channel:
+        stubs = make_stubs(channel)
+        for _ in range(2):
+            with pytest.raises(grpc.RpcError) as refused:
+                stubs.admin.ListTopics(admin_pb2.ListTopicsRequest())
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    samples = _scrape(port)
+    labels = (("code", "UNAUTHENTICATED"), ("method", "AdminService/ListTopics"))
+    assert samples[("moldau_rpc_total", labels)] == 2
+    assert ("moldau_rpc_duration_seconds_count", (("method", "AdminService/ListTopics"),)) \
+        not in samples  # a refusal has no servicer latency
