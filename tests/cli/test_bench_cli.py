@@ -60,7 +60,8 @@ def test_e2e_at_a_fixed_rate_with_a_chart(moldau: Run, tmp_path: Path) -> None:
     summary = _json(result.out)
     assert summary["records"] == 3000
     assert summary["errors"] == 0
-    assert 0 < summary["p50_ms"] < 1000  # type: ignore[operator]
+    # a consistent histogram; how fast is for benchmarks, not for tests on a shared machine
+    assert 0 < summary["p50_ms"] <= summary["p99_ms"] <= summary["max_ms"]  # type: ignore[operator]
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
