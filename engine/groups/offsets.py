@@ -27,7 +27,6 @@ fsynced by group commit outside any lock of the store; ``_lock`` guards only the
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import struct
@@ -37,11 +36,12 @@ from dataclasses import dataclass
 
 from engine.broker import Broker
 from engine.clock import Clock
-from engine.errors import InvalidGroupRequestError, TopicExistsError
+from engine.errors import InvalidGroupRequestError
 from engine.groups.types import OffsetAndMetadata, TopicPartition, validate_group_id
+from engine.internal_topics import ensure_internal_topic, keyed_records
 from engine.log.partition_log import PartitionLog
 from engine.partitioner import partition_for_key
-from engine.records.batch import decode_batch, encode_batch
+from engine.records.batch import encode_batch
 from engine.records.errors import RecordError
 from engine.records.record import NewRecord
 
@@ -68,7 +68,6 @@ _KEY_VERSION = 1
 _VALUE_VERSION = 1
 _INT16 = struct.Struct(">h")
 _INT32 = struct.Struct(">i")
-_READ_BYTES = 1 << 20
 _TOPIC_CONFIG = {
     "cleanup.policy": "compact",
     "durability": "fsync",  # explicit: a broker-wide "async" default must not weaken commits
@@ -182,29 +181,16 @@ class OffsetStore:
 
         An existing topic keeps its partition count: a group's partition is derived from it.
         """
-        if not broker.has_topic(OFFSETS_TOPIC):
-            # created concurrently: the existing one is equivalent
-            with contextlib.suppress(TopicExistsError):
-                broker.create_topic(OFFSETS_TOPIC, partitions, _TOPIC_CONFIG, allow_internal=True)
+        ensure_internal_topic(broker, OFFSETS_TOPIC, partitions, _TOPIC_CONFIG)
         store = cls(broker, clock, broker.describe_topic(OFFSETS_TOPIC).partitions)
         for partition in range(store._partitions):
             store._replay(broker.partition(OFFSETS_TOPIC, partition))
         return store
 
     def _replay(self, partition_log: PartitionLog) -> None:
-        offset = partition_log.log_start_offset
-        while offset < partition_log.high_watermark:
-            data = partition_log.read(offset, _READ_BYTES).data
-            if not data:
-                break
-            position = 0
-            while position < len(data):
-                header, records = decode_batch(data, position)
-                for record in records:
-                    if record.offset >= offset and record.key is not None:
-                        self._apply_record(record.key, record.value, record.offset)
-                position += header.size
-                offset = max(offset, header.next_offset)
+        for record in keyed_records(partition_log):
+            assert record.key is not None  # keyed_records yields keyed records only
+            self._apply_record(record.key, record.value, record.offset)
 
     def _apply_record(self, key: bytes, value: bytes | None, log_offset: int) -> None:
         try:

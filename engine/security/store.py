@@ -23,7 +23,6 @@ bookkeeping. ``_lock`` guards the set for readers.
 from __future__ import annotations
 
 import builtins
-import contextlib
 import json
 import logging
 import struct
@@ -32,9 +31,10 @@ from collections.abc import Iterable
 
 from engine.broker import Broker
 from engine.clock import Clock
-from engine.errors import InvalidAclError, TopicExistsError
+from engine.errors import InvalidAclError
+from engine.internal_topics import ensure_internal_topic, keyed_records
 from engine.log.partition_log import PartitionLog
-from engine.records.batch import decode_batch, encode_batch
+from engine.records.batch import encode_batch
 from engine.records.record import NewRecord
 from engine.security.acls import AclBinding, AclFilter, decode_binding, encode_binding
 
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 
 ACLS_TOPIC = "__acls"
 _VALUE_VERSION = 1
-_READ_BYTES = 1 << 20
 _MAX_RECORDS_PER_BATCH = 1000
 _TOPIC_CONFIG = {
     "cleanup.policy": "compact",
@@ -68,27 +67,15 @@ class AclStore:
     @classmethod
     def open(cls, broker: Broker, clock: Clock) -> AclStore:
         """Create ``__acls`` if missing, then replay it."""
-        if not broker.has_topic(ACLS_TOPIC):
-            with contextlib.suppress(TopicExistsError):  # created concurrently: equivalent
-                broker.create_topic(ACLS_TOPIC, 1, _TOPIC_CONFIG, allow_internal=True)
+        ensure_internal_topic(broker, ACLS_TOPIC, 1, _TOPIC_CONFIG)
         store = cls(broker, clock)
         store._replay(broker.partition(ACLS_TOPIC, 0))
         return store
 
     def _replay(self, partition_log: PartitionLog) -> None:
-        offset = partition_log.log_start_offset
-        while offset < partition_log.high_watermark:
-            data = partition_log.read(offset, _READ_BYTES).data
-            if not data:
-                break
-            position = 0
-            while position < len(data):
-                header, records = decode_batch(data, position)
-                for record in records:
-                    if record.offset >= offset and record.key is not None:
-                        self._apply_record(record.key, record.value, record.offset)
-                position += header.size
-                offset = max(offset, header.next_offset)
+        for record in keyed_records(partition_log):
+            assert record.key is not None  # keyed_records yields keyed records only
+            self._apply_record(record.key, record.value, record.offset)
 
     def _apply_record(self, key: bytes, value: bytes | None, log_offset: int) -> None:
         try:
