@@ -23,6 +23,13 @@ Consumer-group decisions (documented in docs/security.md): joining needs READ on
 READ on each named topic. A pattern subscription needs only READ on the group: the assignment
 may then include topics the member cannot read, but its fetches and commits of those are
 refused, so nothing leaks; grant prefixed topic READ ACLs that cover the pattern.
+
+Queue and exchange decisions: declaring a queue needs CREATE on the queue and READ on its
+topic (a queue reads the topic for its consumers); receiving and settling (ack, nack, extend,
+release, ScheduleRetry) need READ on the queue. Dead letters hold payloads: listing needs READ
+on the dead-letter topic (or on the queue, when selected by queue), redriving ALTER (a dry run
+READ). An exchange writes on behalf of whoever binds: Bind needs ALTER on the exchange and
+WRITE on the destination topic, and a declared alternate topic needs WRITE too.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ Allowed = Callable[[ResourceType, str, Operation], bool]
 TOPIC, GROUP, STREAM, CLUSTER = (
     ResourceType.TOPIC, ResourceType.GROUP, ResourceType.STREAM, ResourceType.CLUSTER,
 )
+QUEUE, EXCHANGE = ResourceType.QUEUE, ResourceType.EXCHANGE
 READ, WRITE, CREATE, DELETE, ALTER, DESCRIBE = (
     Operation.READ, Operation.WRITE, Operation.CREATE, Operation.DELETE, Operation.ALTER,
     Operation.DESCRIBE,
@@ -163,6 +171,60 @@ def _events_subscribe(request: Any) -> Iterable[Requirement]:
     return _category_or_topic(request.topic, request.all.category)
 
 
+def _pipelined_appends(request: Any) -> Iterable[Requirement]:
+    """WRITE on the stream of every append a pipelined message carries."""
+    return tuple((STREAM, WRITE, stream_resource(item.append.topic, item.append.stream))
+                 for item in request.appends)
+
+
+# ---------------------------------------------------------------------------- queues, exchanges
+
+
+def _queue_declare(request: Any) -> Iterable[Requirement]:
+    return ((QUEUE, CREATE, request.config.name), (TOPIC, READ, request.config.topic))
+
+
+def _queue_consume(request: Any) -> Iterable[Requirement]:
+    if not request.HasField("start"):
+        return ()  # the servicer refuses a stream that does not start with start
+    return ((QUEUE, READ, request.start.queue),)
+
+
+def _dead_letters(operation: Operation) -> Callable[[Any], Iterable[Requirement]]:
+    def checks(request: Any) -> Iterable[Requirement]:
+        selection = request.selection
+        wanted = READ if getattr(request, "dry_run", False) else operation
+        if selection.WhichOneof("source") == "queue":
+            return ((QUEUE, wanted, selection.queue),)
+        return ((TOPIC, wanted, selection.dlq_topic),)
+
+    return checks
+
+
+def _exchange_declare(request: Any) -> Iterable[Requirement]:
+    checks: list[Requirement] = [(EXCHANGE, CREATE, request.name)]
+    if request.HasField("alternate"):
+        checks.append((TOPIC, WRITE, request.alternate))
+    return checks
+
+
+def _exchange_bind(request: Any) -> Iterable[Requirement]:
+    binding = request.binding
+    return ((EXCHANGE, ALTER, binding.exchange), (TOPIC, WRITE, binding.destination))
+
+
+def _only_describable_queues(response: Any, allowed: Allowed) -> None:
+    kept = [q for q in response.queues if allowed(QUEUE, q.config.name, DESCRIBE)]
+    del response.queues[:]
+    response.queues.extend(kept)
+
+
+def _only_describable_exchanges(response: Any, allowed: Allowed) -> None:
+    kept = [e for e in response.exchanges if allowed(EXCHANGE, e.exchange.name, DESCRIBE)]
+    del response.exchanges[:]
+    response.exchanges.extend(kept)
+
+
 _PRODUCE, _FETCH = QuotaKind.PRODUCE, QuotaKind.FETCH
 
 #: Full method name -> rule.
@@ -202,6 +264,34 @@ METHOD_RULES: dict[str, Rule] = {
     "/moldau.v1.EventStoreService/SaveSnapshot": acl(_stream(WRITE), quota=_PRODUCE),
     "/moldau.v1.EventStoreService/LoadSnapshot": acl(_stream(READ), quota=_FETCH),
     "/moldau.v1.EventStoreService/Subscribe": acl(_events_subscribe, quota=_FETCH),
+    "/moldau.v1.EventStoreService/AppendStream": acl(_pipelined_appends, every_message=True,
+                                                     quota=_PRODUCE),
+    "/moldau.v1.EventStoreService/ListStreams": acl(
+        lambda r: _category_or_topic(r.topic, r.category)),
+    # work queues
+    "/moldau.v1.QueueService/DeclareQueue": acl(_queue_declare),
+    "/moldau.v1.QueueService/DeleteQueue": acl(on(QUEUE, DELETE, "name")),
+    "/moldau.v1.QueueService/ListQueues": Rule(Access.IDENTIFIED,
+                                               filter=_only_describable_queues),
+    "/moldau.v1.QueueService/DescribeQueue": acl(on(QUEUE, DESCRIBE, "name")),
+    "/moldau.v1.QueueService/Receive": acl(on(QUEUE, READ, "queue"), quota=_FETCH),
+    "/moldau.v1.QueueService/Ack": acl(on(QUEUE, READ, "queue")),
+    "/moldau.v1.QueueService/Nack": acl(on(QUEUE, READ, "queue")),
+    "/moldau.v1.QueueService/ExtendLease": acl(on(QUEUE, READ, "queue")),
+    "/moldau.v1.QueueService/Release": acl(on(QUEUE, READ, "queue")),
+    "/moldau.v1.QueueService/Consume": acl(_queue_consume, quota=_FETCH),
+    "/moldau.v1.QueueService/ListDeadLetters": acl(_dead_letters(READ), quota=_FETCH),
+    "/moldau.v1.QueueService/Redrive": acl(_dead_letters(ALTER)),
+    "/moldau.v1.QueueService/ScheduleRetry": acl(on(QUEUE, READ, "queue")),
+    # exchanges
+    "/moldau.v1.ExchangeService/DeclareExchange": acl(_exchange_declare),
+    "/moldau.v1.ExchangeService/DeleteExchange": acl(on(EXCHANGE, DELETE, "name")),
+    "/moldau.v1.ExchangeService/ListExchanges": Rule(Access.IDENTIFIED,
+                                                     filter=_only_describable_exchanges),
+    "/moldau.v1.ExchangeService/DescribeExchange": acl(on(EXCHANGE, DESCRIBE, "name")),
+    "/moldau.v1.ExchangeService/Bind": acl(_exchange_bind),
+    "/moldau.v1.ExchangeService/Unbind": acl(lambda r: ((EXCHANGE, ALTER, r.binding.exchange),)),
+    "/moldau.v1.ExchangeService/ListBindings": acl(on(EXCHANGE, DESCRIBE, "exchange")),
     # ACL administration
     "/moldau.v1.AclService/CreateAcls": acl(_cluster(ALTER)),
     "/moldau.v1.AclService/DeleteAcls": acl(_cluster(ALTER)),

@@ -8,17 +8,36 @@ subscribers would exhaust the pool): each step polls the engine subscription wit
 (``next_batch(0)``) on a worker, and when there is nothing new the call awaits an asyncio event
 that the store topic's partition logs set when their high watermark moves, exactly like the
 fetch path's watches.
+
+AppendStream (pipelined appends): every store partition has one :class:`_GroupLane` for the
+whole server, shared by all calls. Appends reach their partition's lane in arrival order; a
+drain job on a worker thread takes every append queued so far and hands the group to
+``EventStore.append_group`` (one check per append, one log batch for the accepted ones), then
+waits for one fsync, then answers the group. Appends that arrive meanwhile form the next group,
+so the group grows with the load and a lone append waits for nobody. Order per partition (so
+per stream) is arrival order; each call has at most ``APPEND_STREAM_WINDOW`` appends
+unanswered, past that the server stops reading it and gRPC flow control holds the client.
+
+A wrong expected version carries the stream's version machine-readably: as the
+``moldau-current-version`` trailing metadata of AppendToStream/DeleteStream, and as
+``AppendError.current_version`` on AppendStream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
+import grpc
+
+from engine.errors import WrongExpectedVersionError
 from engine.log.partition_log import PartitionLog
+from engine.partitioner import partition_for_key
 from engine.views.eventstore import (
     ANY,
     NO_STREAM,
@@ -29,7 +48,17 @@ from engine.views.eventstore import (
     EventStore,
     RecordedEvent,
 )
-from grpc_api.errors import InvalidRequestError, NotReadyError, stream_errors, unary_errors
+from engine.views.eventstore.group import GroupOutcome
+from grpc_api.errors import (
+    ERROR_METADATA_KEY,
+    InvalidRequestError,
+    NotReadyError,
+    error_reason,
+    status_for,
+    stream_errors,
+    unary_errors,
+)
+from grpc_api.logs import REQUEST_ID, REQUEST_ID_KEY
 from grpc_api.runtime import Runtime
 from moldau.v1 import eventstore_pb2, eventstore_pb2_grpc
 
@@ -43,6 +72,12 @@ _SPECIAL = {
 }
 MAX_READ_COUNT = 4096
 DEFAULT_SUBSCRIBE_BATCH = 1000
+MAX_LIST_COUNT = 1000
+APPEND_STREAM_WINDOW = 16_384
+PARTITION_CACHE_SIZE = 100_000
+CURRENT_VERSION_KEY = "moldau-current-version"
+_Append = tuple[str, int, list[EventData]]
+_Deliver = Callable[[GroupOutcome | BaseException], None]
 
 
 def _expected(request: Any) -> int:
@@ -133,11 +168,128 @@ class _Wakeup:
                 partition_log.remove_listener(self._from_engine)
 
 
+async def _abort_wrong_version(context: Any, exc: WrongExpectedVersionError) -> None:
+    """Abort like ``unary_errors`` would, adding the current version as trailing metadata."""
+    code, message = status_for(exc)
+    await context.abort(code, message, trailing_metadata=(
+        (ERROR_METADATA_KEY, error_reason(exc)), (REQUEST_ID_KEY, REQUEST_ID.get()),
+        (CURRENT_VERSION_KEY, str(exc.current)),
+    ))
+
+
+def _add_outcome(response: eventstore_pb2.AppendStreamResponse, correlation_id: int,
+                 outcome: GroupOutcome | BaseException) -> None:
+    """Append one answer to ``response`` (filled in place: no nested message copies)."""
+    answer = response.outcomes.add()
+    answer.correlation_id = correlation_id
+    if isinstance(outcome, BaseException) or outcome is None:
+        error = outcome if outcome is not None else RuntimeError("append not run")
+        code, message = status_for(error)
+        failed = answer.error
+        failed.code = code.value[0]
+        failed.message = message
+        failed.reason = error_reason(error)
+        if isinstance(error, WrongExpectedVersionError):
+            failed.current_version = error.current
+        return
+    result = answer.response
+    result.first_version = outcome.first_version
+    result.last_version = outcome.last_version
+    result.partition = outcome.partition
+    result.first_offset = outcome.first_offset
+    result.last_offset = outcome.last_offset
+    if outcome.duplicate:
+        result.duplicate = True
+
+
+class _GroupLane:
+    """One store partition's pipelined appends, run in arrival order, a group at a time
+    (see the module docstring). Submit from the event loop thread only."""
+
+    def __init__(self, runtime: Runtime, topic: str, partition: int) -> None:
+        self._runtime = runtime
+        self._topic = topic
+        self._partition = partition
+        self._loop = asyncio.get_running_loop()
+        self._lock = threading.Lock()
+        self._pending: list[tuple[_Append, _Deliver]] = []
+        self._draining = False
+
+    def submit(self, append: _Append, deliver: _Deliver) -> None:
+        with self._lock:
+            self._pending.append((append, deliver))
+            start = not self._draining
+            self._draining = True
+        if start:
+            self._runtime.executor.submit(self._drain)
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                group, self._pending = self._pending, []
+                if not group:
+                    self._draining = False
+                    return
+            outcomes = self._run_group([append for append, _ in group])
+            delivers = [deliver for _, deliver in group]
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
+                self._loop.call_soon_threadsafe(_deliver_all, delivers, outcomes)
+
+    def _run_group(self, appends: list[_Append]) -> Sequence[GroupOutcome | BaseException]:
+        try:
+            store = self._runtime.event_store()
+            outcomes, end_offset = store.append_group(self._topic, self._partition, appends)
+            if end_offset:
+                store.wait_durable(self._topic, self._partition, end_offset)
+        except Exception as exc:  # the whole group failed (read-only log, failed fsync ...)
+            return [exc] * len(appends)
+        return outcomes
+
+
+def _deliver_all(delivers: list[_Deliver],
+                 outcomes: Sequence[GroupOutcome | BaseException]) -> None:
+    for deliver, outcome in zip(delivers, outcomes, strict=True):
+        deliver(outcome)
+
+
+class _AppendCall:
+    """One AppendStream call's answers waiting to be sent, and its window."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.in_flight = 0
+        self.answers: list[tuple[int, GroupOutcome | BaseException]] = []
+        self.ready = asyncio.Event()
+        self.room = asyncio.Event()
+        self.finished = False
+        self.error: BaseException | None = None
+
+    def answer(self, correlation_id: int, outcome: GroupOutcome | BaseException) -> None:
+        self.answers.append((correlation_id, outcome))
+        self.ready.set()
+
+    def take(self) -> eventstore_pb2.AppendStreamResponse | None:
+        """The answers so far as one message (None if there are none); frees their room."""
+        answers, self.answers = self.answers, []
+        if not answers:
+            return None
+        self.in_flight -= len(answers)
+        if self.in_flight < self.window:
+            self.room.set()
+        response = _pb.AppendStreamResponse()
+        for correlation_id, outcome in answers:
+            _add_outcome(response, correlation_id, outcome)
+        return response
+
+
 class EventStoreServicer(eventstore_pb2_grpc.EventStoreServiceServicer):
     """Translates EventStoreService calls into EventStore calls."""
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
+        self._lanes: dict[tuple[str, int], _GroupLane] = {}
+        self._partition_counts: dict[str, int] = {}
+        self._partition_of: dict[tuple[str, str], int] = {}  # murmur2 is slow in Python
 
     def _store(self) -> EventStore:
         return self._runtime.event_store()
@@ -159,8 +311,12 @@ class EventStoreServicer(eventstore_pb2_grpc.EventStoreServiceServicer):
     ) -> eventstore_pb2.AppendToStreamResponse:
         expected = _expected(request)
         events = [_event_data(e) for e in request.events]
-        result = await self._run(self._store().append_to_stream, request.topic, request.stream,
-                                 expected, events)
+        try:
+            result = await self._run(self._store().append_to_stream, request.topic,
+                                     request.stream, expected, events)
+        except WrongExpectedVersionError as exc:
+            await _abort_wrong_version(context, exc)
+            raise
         return _pb.AppendToStreamResponse(
             first_version=result.first_version, last_version=result.last_version,
             partition=result.partition, first_offset=result.first_offset,
@@ -206,7 +362,12 @@ class EventStoreServicer(eventstore_pb2_grpc.EventStoreServiceServicer):
         self, request: eventstore_pb2.DeleteStreamRequest, context: Any
     ) -> eventstore_pb2.DeleteStreamResponse:
         expected = _expected(request) if request.WhichOneof("expected") else ANY
-        await self._run(self._store().delete_stream, request.topic, request.stream, expected)
+        try:
+            await self._run(self._store().delete_stream, request.topic, request.stream,
+                            expected)
+        except WrongExpectedVersionError as exc:
+            await _abort_wrong_version(context, exc)
+            raise
         return _pb.DeleteStreamResponse()
 
     @unary_errors
@@ -234,6 +395,93 @@ class EventStoreServicer(eventstore_pb2_grpc.EventStoreServiceServicer):
             return _pb.LoadSnapshotResponse(found=False)
         return _pb.LoadSnapshotResponse(found=True, version=snapshot.version,
                                         state=snapshot.state)
+
+    @unary_errors
+    async def ListStreams(  # noqa: N802  (the RPC name from the proto)
+        self, request: eventstore_pb2.ListStreamsRequest, context: Any
+    ) -> eventstore_pb2.ListStreamsResponse:
+        count = request.max_count or MAX_LIST_COUNT
+        if not 1 <= count <= MAX_LIST_COUNT:
+            raise InvalidRequestError(f"max_count must be 0 to {MAX_LIST_COUNT}, got {count}")
+        streams, more = await self._run(
+            self._store().list_streams, request.topic, request.category or None,
+            include_deleted=request.include_deleted, after=request.after, max_count=count,
+        )
+        return _pb.ListStreamsResponse(streams=[
+            _pb.StreamInfo(stream=s.stream, last_version=s.last_version,
+                           truncate_before=s.truncate_before, deleted=s.deleted,
+                           partition=s.partition)
+            for s in streams
+        ], more=more)
+
+    @stream_errors
+    async def AppendStream(  # noqa: N802  (the RPC name from the proto)
+        self, request_iterator: AsyncIterator[eventstore_pb2.AppendStreamRequest], context: Any
+    ) -> AsyncIterator[eventstore_pb2.AppendStreamResponse]:
+        self._store()  # UNAVAILABLE at once while the broker is not ready
+        call = _AppendCall(APPEND_STREAM_WINDOW)
+        reader = asyncio.create_task(self._read_appends(request_iterator, call))
+        try:
+            while True:
+                await call.ready.wait()
+                call.ready.clear()
+                response = call.take()
+                if response is not None:
+                    yield response
+                if call.error is not None:
+                    raise call.error
+                if call.finished and call.in_flight == 0:
+                    return
+        finally:
+            reader.cancel()
+
+    async def _read_appends(self, requests: AsyncIterator[eventstore_pb2.AppendStreamRequest],
+                            call: _AppendCall) -> None:
+        """Route every append to its partition's lane, in arrival order."""
+        try:
+            async for message in requests:
+                for item in message.appends:
+                    while call.in_flight >= call.window:
+                        call.room.clear()
+                        await call.room.wait()
+                    call.in_flight += 1
+                    correlation_id = item.correlation_id
+                    try:
+                        append, partition = await self._route(item.append)
+                    except Exception as exc:  # answered with its status; the call goes on
+                        call.answer(correlation_id, exc)
+                        continue
+                    lane = self._lanes.get((append[0], partition))
+                    if lane is None:
+                        lane = _GroupLane(self._runtime, append[0], partition)
+                        self._lanes[(append[0], partition)] = lane
+                    lane.submit((append[1], append[2], append[3]),
+                                functools.partial(call.answer, correlation_id))
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:  # the request stream itself failed: end the call with it
+            call.error = exc
+        call.finished = True
+        call.ready.set()
+
+    async def _route(self, request: eventstore_pb2.AppendToStreamRequest,
+                     ) -> tuple[tuple[str, str, int, list[EventData]], int]:
+        """The append as engine values, and its partition (the topic is opened once)."""
+        topic = request.topic
+        count = self._partition_counts.get(topic)
+        if count is None:
+            count = len(await self._run(self._store().open_topic, topic))
+            self._partition_counts[topic] = count
+        expected = _expected(request)
+        events = [_event_data(e) for e in request.events]
+        stream = request.stream
+        partition = self._partition_of.get((topic, stream))
+        if partition is None:
+            if len(self._partition_of) >= PARTITION_CACHE_SIZE:
+                self._partition_of.clear()
+            partition = partition_for_key(stream.encode(), count)
+            self._partition_of[(topic, stream)] = partition
+        return (topic, request.stream, expected, events), partition
 
     @stream_errors
     async def Subscribe(  # noqa: N802  (the RPC name from the proto)

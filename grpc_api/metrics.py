@@ -4,7 +4,8 @@ Two kinds of metrics:
 
 - **Pulled at scrape time** by :class:`BrokerCollector`: per partition offsets, sizes,
   segment counts and the engine's own counters (:class:`~engine.log.stats.LogStats`: records
-  and bytes in, bytes out, fsync latency), consumer-group lag, disk usage. Nothing is updated
+  and bytes in, bytes out, fsync latency), consumer-group lag, queue depth and outcomes,
+  routing progress per exchange, disk usage. Nothing is updated
   on the hot path for these; a scrape walks the partitions (microseconds each).
 - **Observed per call**: RPC latency and outcome by method and status code, recorded by the
   error-translation decorators every servicer method already goes through
@@ -92,6 +93,8 @@ class BrokerCollector(Collector):
             return
         yield from self._partitions(broker)
         yield from self._groups()
+        yield from self._queues()
+        yield from self._exchanges()
         usage = shutil.disk_usage(broker.data_dir)
         yield GaugeMetricFamily("moldau_disk_free_bytes", "Free bytes on the data directory's "
                                 "file system", value=usage.free)
@@ -181,6 +184,79 @@ class BrokerCollector(Collector):
         yield members
         yield lag
         yield lag_s
+
+
+    def _queues(self) -> Iterator[Metric]:
+        try:
+            manager = self._runtime.queues()
+        except Exception:  # not open yet
+            return
+        labels = ["queue"]
+        gauges = {
+            name: GaugeMetricFamily(f"moldau_queue_{name}", text, labels=labels)
+            for name, text in (
+                ("depth", "Records not yet done: ready, in flight, waiting or not yet read"),
+                ("in_flight", "Records leased to a consumer"),
+                ("waiting_retry", "Records waiting for a retry's backoff to end"),
+                ("scheduled", "Records waiting for their deliver-at time"),
+            )
+        }
+        counters = {
+            name: CounterMetricFamily(f"moldau_queue_{name}", text, labels=labels)
+            for name, text in (
+                ("delivered", "Deliveries, redeliveries included"),
+                ("acked", "Records acknowledged"),
+                ("redelivered", "Failed deliveries retried: nacks with retry plus expired "
+                                "leases"),
+                ("expired", "Leases that ran out"),
+                ("dead_lettered", "Records copied to the dead-letter topic"),
+                ("dead_letter_failures", "Dead-letter appends that failed (the records "
+                                         "stayed queued)"),
+            )
+        }
+        for config in manager.list_queues():
+            try:
+                description = manager.describe(config.name)
+            except EngineError:  # deleted meanwhile
+                continue
+            key = [config.name]
+            parts, counts = description.partitions, description.counters
+            gauges["depth"].add_metric(key, description.backlog)
+            gauges["in_flight"].add_metric(key, sum(p.in_flight for p in parts))
+            gauges["waiting_retry"].add_metric(key, sum(p.waiting_retry for p in parts))
+            gauges["scheduled"].add_metric(key, sum(p.scheduled for p in parts))
+            counters["delivered"].add_metric(key, counts.delivered)
+            counters["acked"].add_metric(key, counts.acked)
+            counters["redelivered"].add_metric(key, counts.retried + counts.expired)
+            counters["expired"].add_metric(key, counts.expired)
+            counters["dead_lettered"].add_metric(key, counts.dead_lettered)
+            counters["dead_letter_failures"].add_metric(key, counts.dead_letter_failures)
+        yield from gauges.values()
+        yield from counters.values()
+
+    def _exchanges(self) -> Iterator[Metric]:
+        try:
+            _registry, router = self._runtime.routing()
+        except Exception:  # not open yet
+            return
+        labels = ["exchange"]
+        routed = CounterMetricFamily("moldau_exchange_routed", "Records that matched at least "
+                                     "one binding (durable across restarts)", labels=labels)
+        unroutable = CounterMetricFamily("moldau_exchange_unroutable", "Records that matched "
+                                         "no binding (sent to the alternate topic if any)",
+                                         labels=labels)
+        lag = GaugeMetricFamily("moldau_exchange_lag_records", "Records of the exchange topic "
+                                "not yet routed", labels=labels)
+        paused = GaugeMetricFamily("moldau_exchange_paused", "1 while routing waits for an "
+                                   "error's cause to go away (see DescribeExchange)",
+                                   labels=labels)
+        for status in router.describe_all():
+            key = [status.exchange.name]
+            routed.add_metric(key, status.routed)
+            unroutable.add_metric(key, status.unroutable)
+            lag.add_metric(key, status.lag)
+            paused.add_metric(key, 1 if status.paused else 0)
+        yield from (routed, unroutable, lag, paused)
 
 
 def _bound(value: float) -> str:

@@ -28,6 +28,8 @@ from engine.broker import Broker
 from engine.groups import GroupCoordinator
 from engine.log.partition_log import AppendResult, PartitionLog
 from engine.views.eventstore import EventStore
+from engine.views.queues import QueueManager
+from engine.views.routing import ExchangeRegistry, Router
 from grpc_api.config import ServerConfig
 from grpc_api.errors import NotReadyError
 
@@ -190,6 +192,8 @@ class Runtime:
         self._broker: Broker | None = None
         self._coordinator: GroupCoordinator | None = None
         self._event_store: EventStore | None = None
+        self._queues: QueueManager | None = None
+        self._routing: tuple[ExchangeRegistry, Router] | None = None
         self._watches: set[Watch] = set()
         #: Called (on the event loop) when shutdown begins; long-lived calls that wait on
         #: something other than a partition register here to end promptly.
@@ -202,6 +206,27 @@ class Runtime:
 
     def set_event_store(self, event_store: EventStore) -> None:
         self._event_store = event_store
+
+    def set_views(
+        self, queues: QueueManager, registry: ExchangeRegistry, router: Router
+    ) -> None:
+        """The queue manager and the routing view, opened after the broker."""
+        self._queues = queues
+        self._routing = (registry, router)
+
+    def queues(self) -> QueueManager:
+        """The queue manager; UNAVAILABLE while the broker is opening or closing."""
+        self.broker()
+        if self._queues is None:
+            raise NotReadyError("the queues are still opening; retry shortly")
+        return self._queues
+
+    def routing(self) -> tuple[ExchangeRegistry, Router]:
+        """The exchange registry and the router; UNAVAILABLE while opening or closing."""
+        self.broker()
+        if self._routing is None:
+            raise NotReadyError("the exchanges are still opening; retry shortly")
+        return self._routing
 
     def event_store(self) -> EventStore:
         """The event store; UNAVAILABLE while the broker is opening or closing."""

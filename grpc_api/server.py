@@ -3,11 +3,15 @@
 Lifecycle:
 
 1. bind and start gRPC with health NOT_SERVING, so probes get an answer during recovery;
-2. open the broker (recovering partitions) on a worker thread;
-3. health SERVING, print ``moldau serving on HOST:PORT (data: DIR)`` to stdout;
-4. on SIGTERM/SIGINT: health NOT_SERVING, wake waiting readers so they end, stop accepting
-   calls and give in-flight ones ``shutdown_grace_ms`` to finish, then close the broker (flush
-   and write the clean-shutdown marker) and exit 0.
+2. open the broker (recovering partitions) on a worker thread, then the views that live in
+   it: group coordinator, event store, queue manager, exchange registry and router;
+3. start the background work: the router's thread, group maintenance (session timeouts) and
+   queue maintenance (lease expiry, due retries, start offsets; every 100 ms);
+4. health SERVING, print ``moldau serving on HOST:PORT (data: DIR)`` to stdout;
+5. on SIGTERM/SIGINT: health NOT_SERVING, wake waiting readers so they end, stop the
+   maintenance tasks, stop accepting calls and give in-flight ones ``shutdown_grace_ms`` to
+   finish, then stop the router (after its current step), close the queues and the event
+   store, close the broker (flush and write the clean-shutdown marker) and exit 0.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -30,28 +35,36 @@ from engine.errors import EngineError
 from engine.groups import GroupCoordinator
 from engine.security import AclStore
 from engine.views.eventstore import EventStore
+from engine.views.queues import QueueManager
+from engine.views.routing import ExchangeRegistry, Router
 from grpc_api.acls import AclServicer
 from grpc_api.admin import AdminServicer
 from grpc_api.auth import Security
 from grpc_api.callctx import CallContextInterceptor
 from grpc_api.config import ConfigError, ServerConfig, load_config
 from grpc_api.eventstore import EventStoreServicer
+from grpc_api.exchanges import ExchangeServicer
 from grpc_api.fetch import FetchServicer, add_fetch_service
 from grpc_api.groups import GroupServicer, run_group_maintenance
 from grpc_api.logs import configure_logging
 from grpc_api.metrics import start_metrics
 from grpc_api.produce import ProduceServicer
+from grpc_api.queues import QueueServicer, run_queue_maintenance
 from grpc_api.runtime import Runtime
 from moldau.v1 import (
     admin_pb2,
     admin_pb2_grpc,
     eventstore_pb2,
     eventstore_pb2_grpc,
+    exchanges_pb2,
+    exchanges_pb2_grpc,
     fetch_pb2,
     groups_pb2,
     groups_pb2_grpc,
     produce_pb2,
     produce_pb2_grpc,
+    queues_pb2,
+    queues_pb2_grpc,
     security_pb2,
     security_pb2_grpc,
 )
@@ -68,6 +81,8 @@ SERVICE_NAMES: tuple[str, ...] = (
     groups_pb2.DESCRIPTOR.services_by_name["GroupService"].full_name,
     eventstore_pb2.DESCRIPTOR.services_by_name["EventStoreService"].full_name,
     security_pb2.DESCRIPTOR.services_by_name["AclService"].full_name,
+    queues_pb2.DESCRIPTOR.services_by_name["QueueService"].full_name,
+    exchanges_pb2.DESCRIPTOR.services_by_name["ExchangeService"].full_name,
 )
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -112,6 +127,8 @@ def build_server(runtime: Runtime, health_servicer: Any, security: Security | No
         EventStoreServicer(runtime), server
     )
     security_pb2_grpc.add_AclServiceServicer_to_server(AclServicer(runtime, security), server)
+    queues_pb2_grpc.add_QueueServiceServicer_to_server(QueueServicer(runtime), server)
+    exchanges_pb2_grpc.add_ExchangeServiceServicer_to_server(ExchangeServicer(runtime), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -148,7 +165,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
         return 1
     await server.start()
     try:
-        broker, coordinator, event_store = await runtime.run(_open_storage, config)
+        storage = await runtime.run(_open_storage, config)
+        broker = storage.broker
         security.set_store(await runtime.run(AclStore.open, broker, SystemClock()))
     except (EngineError, OSError) as exc:
         print(f"moldau: cannot open the data directory {config.data_dir}: {exc}",
@@ -156,9 +174,14 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
         await server.stop(0)
         runtime.executor.shutdown()
         return 1
-    runtime.set_broker(broker, coordinator)
-    runtime.set_event_store(event_store)
-    maintenance = asyncio.create_task(run_group_maintenance(runtime, coordinator))
+    runtime.set_broker(broker, storage.coordinator)
+    runtime.set_event_store(storage.event_store)
+    runtime.set_views(storage.queues, storage.registry, storage.router)
+    storage.router.start()
+    maintenance = [
+        asyncio.create_task(run_group_maintenance(runtime, storage.coordinator)),
+        asyncio.create_task(run_queue_maintenance(runtime, storage.queues)),
+    ]
     metrics_server = _start_metrics(runtime, config)
     if not stop.is_set():  # a SIGTERM during recovery skips straight to shutdown
         await health_state.set_all(_SERVING)
@@ -168,12 +191,16 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     log.info("shutting down: finishing in-flight calls (grace %d ms)", config.shutdown_grace_ms)
     await health_state.servicer.enter_graceful_shutdown()
     runtime.begin_shutdown()
-    maintenance.cancel()
+    for task in maintenance:
+        task.cancel()
     await server.stop(config.shutdown_grace_ms / 1000.0)
     # appends of calls cancelled at the end of the grace period may still be running: let them
     # finish before the partitions are closed, so none fails half-way
     await asyncio.to_thread(runtime.executor.shutdown, True)
-    await asyncio.to_thread(event_store.close)  # checkpoints the stream indexes
+    # the router appends on its own thread: stop it (after its step) before the partitions
+    await asyncio.to_thread(storage.router.close)
+    await asyncio.to_thread(storage.queues.close)  # detaches from the topics; leases end
+    await asyncio.to_thread(storage.event_store.close)  # checkpoints the stream indexes
     await asyncio.to_thread(broker.close)
     if metrics_server is not None:
         metrics_server.shutdown()
@@ -196,8 +223,20 @@ def _start_metrics(runtime: Runtime, config: ServerConfig) -> Any:
     return metrics_server
 
 
-def _open_storage(config: ServerConfig) -> tuple[Broker, GroupCoordinator, EventStore]:
-    """Worker thread: recover the partitions, then replay the committed group offsets."""
+@dataclass(frozen=True, slots=True)
+class _Storage:
+    """The broker and the views opened over it."""
+
+    broker: Broker
+    coordinator: GroupCoordinator
+    event_store: EventStore
+    queues: QueueManager
+    registry: ExchangeRegistry
+    router: Router
+
+
+def _open_storage(config: ServerConfig) -> _Storage:
+    """Worker thread: recover the partitions, then replay every view from its topics."""
     settings = BrokerSettings(
         default_overrides=dict(config.topic_defaults) or None,
         max_topics=config.max_topics,
@@ -208,7 +247,11 @@ def _open_storage(config: ServerConfig) -> tuple[Broker, GroupCoordinator, Event
     try:
         clock = SystemClock()
         coordinator = GroupCoordinator.open(broker, clock)
-        return broker, coordinator, EventStore.open(broker, clock=clock)
+        event_store = EventStore.open(broker, clock=clock)
+        queues = QueueManager.open(broker, clock)
+        registry = ExchangeRegistry.open(broker, clock=clock)
+        router = Router.open(broker, registry, clock=clock)
+        return _Storage(broker, coordinator, event_store, queues, registry, router)
     except BaseException:
         broker.close()
         raise

@@ -36,6 +36,8 @@ def test_service_names() -> None:
         "moldau.v1.GroupService",
         "moldau.v1.EventStoreService",
         "moldau.v1.AclService",
+        "moldau.v1.QueueService",
+        "moldau.v1.ExchangeService",
     )
 
 

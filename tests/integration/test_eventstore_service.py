@@ -232,3 +232,55 @@ def test_appended_events_survive_kill_9(start_server: StartServer) -> None:
         assert [e.type for e in stream.events] == [f"E{n}" for n in range(20)]
         reply = _append(stub, "orders", "order-7", _events("E20"), exact=19)
         assert reply.first_version == 20
+
+
+def test_wrong_expected_version_carries_the_current_version(store: Any, topic: str) -> None:
+    _append(store, topic, "ver-1", _events("A", "B"), special=NO_STREAM)
+    with pytest.raises(grpc.RpcError) as caught:
+        _append(store, topic, "ver-1", _events("C"), exact=0)
+    trailing = dict(caught.value.trailing_metadata() or ())
+    assert trailing["moldau-error"] == "WrongExpectedVersionError"
+    assert trailing["moldau-current-version"] == "1"
+    with pytest.raises(grpc.RpcError) as missing:
+        store.DeleteStream(pb.DeleteStreamRequest(topic=topic, stream="ver-2", exact=3))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_list_streams_pages_by_name(store: Any, topic: str) -> None:
+    for n in range(12):
+        _append(store, topic, f"item-{n:02d}", _events("A"), special=NO_STREAM)
+    _append(store, topic, "other-1", _events("A"), special=NO_STREAM)
+    first = store.ListStreams(pb.ListStreamsRequest(topic=topic, category="item", max_count=5))
+    assert [s.stream for s in first.streams] == [f"item-{n:02d}" for n in range(5)]
+    assert first.more
+    rest = store.ListStreams(pb.ListStreamsRequest(topic=topic, category="item-*",
+                                                   after=first.streams[-1].stream))
+    assert [s.stream for s in rest.streams] == [f"item-{n:02d}" for n in range(5, 12)]
+    assert not rest.more
+    with pytest.raises(grpc.RpcError) as bad:
+        store.ListStreams(pb.ListStreamsRequest(topic=topic, max_count=5000))
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_append_stream_orders_per_stream_and_errors_per_request(store: Any, topic: str) -> None:
+    def requests() -> Iterator[eventstore_pb2.AppendStreamRequest]:
+        for n in range(60):
+            item = pb.PipelinedAppend(correlation_id=n, append=pb.AppendToStreamRequest(
+                topic=topic, stream=f"pipe-{n % 2}", events=_events("Step")))
+            version = n // 2
+            if version:
+                item.append.exact = version - 1
+            else:
+                item.append.special = NO_STREAM
+            if n == 31:
+                item.append.exact = 0  # stale: fails alone
+            yield pb.AppendStreamRequest(appends=[item])
+
+    outcomes = {o.correlation_id: o for r in store.AppendStream(requests()) for o in r.outcomes}
+    assert sorted(outcomes) == list(range(60))
+    stale = outcomes[31].error
+    assert (stale.reason, stale.current_version) == ("WrongExpectedVersionError", 14)
+    assert stale.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    # the stream's later appends expected the version 31 would have made: they fail too
+    assert all(outcomes[n].WhichOneof("outcome") == "error" for n in range(33, 60, 2))
+    assert [outcomes[n].response.last_version for n in range(0, 60, 2)] == list(range(30))

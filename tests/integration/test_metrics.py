@@ -11,7 +11,17 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from moldau.v1 import admin_pb2, common_pb2, groups_pb2, groups_pb2_grpc, produce_pb2
+from moldau.v1 import (
+    admin_pb2,
+    common_pb2,
+    exchanges_pb2,
+    exchanges_pb2_grpc,
+    groups_pb2,
+    groups_pb2_grpc,
+    produce_pb2,
+    queues_pb2,
+    queues_pb2_grpc,
+)
 from tests.integration.support import StartServer, make_stubs
 
 
@@ -49,6 +59,12 @@ def test_metrics_follow_produce_fetch_groups_and_errors(start_server: StartServe
             group="billing", member_id="", generation=-1,
             offsets=[groups_pb2.OffsetCommit(topic="orders", partition=1, offset=12)],
         ))
+        # per-queue and per-exchange metrics have series only once one exists
+        queues_pb2_grpc.QueueServiceStub(channel).DeclareQueue(queues_pb2.DeclareQueueRequest(
+            config=queues_pb2.QueueConfig(name="orders-q", topic="orders")))
+        exchanges_pb2_grpc.ExchangeServiceStub(channel).DeclareExchange(
+            exchanges_pb2.DeclareExchangeRequest(name="orders-ex",
+                                                 type=exchanges_pb2.EXCHANGE_TYPE_FANOUT))
 
     samples = _scrape(port)
     p1 = (("partition", "1"), ("topic", "orders"))

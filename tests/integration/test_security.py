@@ -37,9 +37,11 @@ from moldau.v1 import (
     admin_pb2,
     common_pb2,
     eventstore_pb2,
+    exchanges_pb2,
     fetch_pb2,
     groups_pb2,
     produce_pb2,
+    queues_pb2,
     security_pb2,
 )
 
@@ -316,6 +318,14 @@ CASES: dict[str, list[Case]] = {
         Case(one(E.SubscribeEventsRequest(topic="ledger", stream=E.StreamStart(
             stream="order-1"))), _A(ADMIN, READER)),
         Case(one(E.SubscribeEventsRequest(topic="ledger", all=E.AllStart())), _A(ADMIN))],
+    "/moldau.v1.EventStoreService/AppendStream": [
+        Case(one(E.AppendStreamRequest(appends=[E.PipelinedAppend(
+            correlation_id=1, append=E.AppendToStreamRequest(
+                topic="ledger", stream="order-1", special=1,
+                events=[E.EventToAppend(type="t", data=b"{}")]))])), _A(ADMIN))],
+    "/moldau.v1.EventStoreService/ListStreams": [
+        Case(one(E.ListStreamsRequest(topic="ledger", category="order")), _A(ADMIN, READER)),
+        Case(one(E.ListStreamsRequest(topic="ledger")), _A(ADMIN))],
     "/moldau.v1.AclService/CreateAcls": [
         Case(one(security_pb2.CreateAclsRequest(acls=[security_pb2.AclBinding(
             principal="User:nobody", resource_type="topic", resource_name="x",
@@ -325,6 +335,41 @@ CASES: dict[str, list[Case]] = {
             principal="User:nobody")])), _A(ADMIN))],
     "/moldau.v1.AclService/ListAcls": [Case(one(security_pb2.ListAclsRequest()), _A(ADMIN))],
     "/moldau.v1.AclService/WhoAmI": [Case(one(security_pb2.WhoAmIRequest()), AUTHENTICATED)],
+    # queues and exchanges: no ACL grants them to the matrix principals; the admin's calls
+    # name nothing that exists, so they change nothing
+    **{f"/moldau.v1.QueueService/{method}": [Case(one(request), _A(ADMIN))]
+       for method, request in (
+           ("DeclareQueue", queues_pb2.DeclareQueueRequest(config=queues_pb2.QueueConfig(
+               name="jobs", topic="no-such-topic"))),
+           ("DeleteQueue", queues_pb2.DeleteQueueRequest(name="jobs")),
+           ("DescribeQueue", queues_pb2.DescribeQueueRequest(name="jobs")),
+           ("Receive", queues_pb2.ReceiveRequest(queue="jobs")),
+           ("Ack", queues_pb2.AckRequest(queue="jobs")),
+           ("Nack", queues_pb2.NackRequest(queue="jobs")),
+           ("ExtendLease", queues_pb2.ExtendLeaseRequest(queue="jobs", lease_ms=1)),
+           ("Release", queues_pb2.ReleaseRequest(queue="jobs")),
+           ("Consume", queues_pb2.ConsumeRequest(start=queues_pb2.ConsumeStart(queue="jobs"))),
+           ("ListDeadLetters", queues_pb2.ListDeadLettersRequest(
+               selection=queues_pb2.DeadLetterSelection(queue="jobs"))),
+           ("Redrive", queues_pb2.RedriveRequest(
+               selection=queues_pb2.DeadLetterSelection(dlq_topic="orders.dlq"))),
+           ("ScheduleRetry", queues_pb2.ScheduleRetryRequest(queue="jobs")),
+       )},
+    "/moldau.v1.QueueService/ListQueues": [
+        Case(one(queues_pb2.ListQueuesRequest()), AUTHENTICATED)],
+    **{f"/moldau.v1.ExchangeService/{method}": [Case(one(request), _A(ADMIN))]
+       for method, request in (
+           ("DeclareExchange", exchanges_pb2.DeclareExchangeRequest(name="orders.ex")),
+           ("DeleteExchange", exchanges_pb2.DeleteExchangeRequest(name="orders.ex")),
+           ("DescribeExchange", exchanges_pb2.DescribeExchangeRequest(name="orders.ex")),
+           ("Bind", exchanges_pb2.BindRequest(binding=exchanges_pb2.Binding(
+               exchange="orders.ex", destination="orders"))),
+           ("Unbind", exchanges_pb2.UnbindRequest(binding=exchanges_pb2.Binding(
+               exchange="orders.ex", destination="orders"))),
+           ("ListBindings", exchanges_pb2.ListBindingsRequest(exchange="orders.ex")),
+       )},
+    "/moldau.v1.ExchangeService/ListExchanges": [
+        Case(one(exchanges_pb2.ListExchangesRequest()), AUTHENTICATED)],
     "/grpc.health.v1.Health/Check": [Case(one(health_pb2.HealthCheckRequest()), EVERYONE)],
     "/grpc.health.v1.Health/Watch": [Case(one(health_pb2.HealthCheckRequest()), EVERYONE)],
     "/grpc.health.v1.Health/List": [Case(one(health_pb2.HealthListRequest()), EVERYONE)],

@@ -41,6 +41,7 @@ from engine.views.eventstore.types import (
     EventStoreSettings,
     RecordedEvent,
     Snapshot,
+    StreamInfo,
     StreamSlice,
 )
 from engine.views.eventstore.upcasters import Upcaster, UpcasterRegistry
@@ -62,6 +63,7 @@ __all__ = [
     "EventStoreSettings",
     "RecordedEvent",
     "Snapshot",
+    "StreamInfo",
     "StreamSlice",
     "Subscription",
     "Upcaster",

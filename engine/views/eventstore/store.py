@@ -39,6 +39,7 @@ from engine.errors import (
 from engine.partitioner import partition_for_key
 from engine.views.eventstore.checkpoint import CheckpointStore
 from engine.views.eventstore.codec import encode_control, encode_events
+from engine.views.eventstore.group import GroupOutcome, PendingGroup
 from engine.views.eventstore.index import StreamState
 from engine.views.eventstore.merge import read_merged
 from engine.views.eventstore.partitions import StorePartition, open_partition
@@ -57,6 +58,7 @@ from engine.views.eventstore.types import (
     EventStoreSettings,
     RecordedEvent,
     Snapshot,
+    StreamInfo,
     StreamSlice,
     category_prefix,
     validate_events,
@@ -200,6 +202,74 @@ class EventStore:
             self._maybe_checkpoint(part)
         return result
 
+    def append_group(self, topic: str, partition: int,
+                     appends: Sequence[tuple[str, int, Sequence[EventData]]],
+                     ) -> tuple[list[GroupOutcome], int]:
+        """Check and append ``(stream, expected_version, events)`` of one partition, in order,
+        as one log batch (see ``group``), *without* waiting for durability.
+
+        Each append is judged as a separate ``append_to_stream`` call made in list order would
+        be; its outcome is its AppendResult or its error (the others go on). Returns the
+        outcomes and the end offset to pass to :meth:`wait_durable` (0: nothing written);
+        nothing may be acknowledged before that wait returns.
+
+        Raises:
+            LogReadOnlyError, InvalidEventStoreRequestError: the partition takes no writes,
+                or there is no such partition.
+        """
+        partitions = self.open_topic(topic)
+        if not 0 <= partition < len(partitions):
+            raise InvalidEventStoreRequestError(
+                f"{topic} has partitions 0 to {len(partitions) - 1}, not {partition}")
+        part = partitions[partition]
+        outcomes: list[GroupOutcome] = [None] * len(appends)
+        with part.lock:
+            self._check_writable(part)
+            group = PendingGroup(part)
+            for number, (stream, expected, events) in enumerate(appends):
+                try:
+                    self._join_group(part, len(partitions), group, outcomes, number, stream,
+                                     expected, events)
+                except EngineError as exc:
+                    outcomes[number] = exc
+            group.flush(self._clock.now_ms(), outcomes)
+        return outcomes, group.end_offset
+
+    def _join_group(self, part: StorePartition, partitions: int, group: PendingGroup,
+                    outcomes: list[GroupOutcome], number: int, stream: str, expected: int,
+                    events: Sequence[EventData]) -> None:
+        key = validate_stream_id(stream)
+        if partition_for_key(key, partitions) != part.number:
+            raise InvalidEventStoreRequestError(
+                f"stream {stream!r} belongs to partition {partition_for_key(key, partitions)}, "
+                f"not {part.number}", stream)
+        validate_expected(expected)
+        validate_events(stream, events, self.settings.max_events_per_append)
+        ids = [str(event.event_id).encode() for event in events]
+        size = sum(len(e.data) + len(e.metadata) + len(e.type) + 80 for e in events)
+        if group.must_flush_before(ids, size):
+            group.flush(self._clock.now_ms(), outcomes)
+        state = part.index.state(key)
+        retry = self._find_retry(part, stream, key, state, expected, events, ids)
+        if retry is not None:
+            outcomes[number] = retry
+            return
+        current = group.current_version(key, state)
+        if not _expected_matches(expected, current):
+            raise WrongExpectedVersionError(stream, expected, current)
+        group.add(number, key, state, events, ids, size)
+
+    def wait_durable(self, topic: str, partition: int, end_offset: int) -> None:
+        """Wait until ``partition`` is durable up to ``end_offset`` (see :meth:`append_group`).
+
+        Raises:
+            StorageError: the fsync failed; the partition turned read-only and the claims of
+                every unacknowledged append were dropped.
+        """
+        part = self.open_topic(topic)[partition]
+        self._await_durable(part, end_offset)
+        self._maybe_checkpoint(part)
+
     def _append_locked(self, part: StorePartition, key: bytes, state: StreamState | None,
                        events: Sequence[EventData]) -> AppendResult:
         first = state.last_version + 1 if state is not None else 0
@@ -218,10 +288,11 @@ class EventStore:
                             appended.last_offset)
 
     def _find_retry(self, part: StorePartition, stream: str, key: bytes,
-                    state: StreamState | None, expected: int,
-                    events: Sequence[EventData]) -> AppendResult | None:
+                    state: StreamState | None, expected: int, events: Sequence[EventData],
+                    ids: list[bytes] | None = None) -> AppendResult | None:
         """The original result if ``events`` were appended already (see append_to_stream)."""
-        ids = [str(event.event_id).encode() for event in events]
+        if ids is None:
+            ids = [str(event.event_id).encode() for event in events]
         window = part.index.ids
         hit = window.get(ids[0])
         if hit is not None:
@@ -431,6 +502,30 @@ class EventStore:
         events, after = read_merged([p.log for p in partitions], position, max_count,
                                     self.settings.read_bytes, key_filter)
         return AllSlice(tuple(self._maybe_upcast(events, upcast)), after)
+
+    def list_streams(self, topic: str, category: str | None = None, *,
+                     include_deleted: bool = False, after: str = "",
+                     max_count: int = 1000) -> tuple[list[StreamInfo], bool]:
+        """Streams of ``topic`` (of ``category``) named after ``after``, by name, at most
+        ``max_count``; and whether more follow. Only streams with a durable event count.
+        """
+        _check_count(max_count)
+        prefix = category_prefix(category).encode() if category else b""
+        floor = after.encode()
+        found: list[StreamInfo] = []
+        for part in self.open_topic(topic):
+            with part.lock:
+                high_watermark = part.log.high_watermark
+                items = [(key, state) for key, state in part.index.streams.items()
+                         if key > floor and key.startswith(prefix)]
+                for key, state in items:
+                    visible = bisect_left(state.offsets, high_watermark) - 1
+                    if visible < 0 or (state.deleted and not include_deleted):
+                        continue
+                    found.append(StreamInfo(key.decode(), visible, state.truncate_before,
+                                            state.deleted, part.number))
+        found.sort(key=lambda info: info.stream.encode())
+        return found[:max_count], len(found) > max_count
 
     def head_position(self, topic: str) -> AllPosition:
         """The position after every durable record of ``topic`` (to subscribe to new events)."""

@@ -36,6 +36,7 @@ __all__ = [
     "EventStoreSettings",
     "RecordedEvent",
     "Snapshot",
+    "StreamInfo",
     "StreamSlice",
     "category_prefix",
     "validate_stream_id",
@@ -161,6 +162,17 @@ class Snapshot:
     stream: str
     version: int
     state: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """One stream as :meth:`EventStore.list_streams` reports it (durable versions only)."""
+
+    stream: str
+    last_version: int
+    truncate_before: int
+    deleted: bool
+    partition: int
 
 
 @dataclass(frozen=True, slots=True)

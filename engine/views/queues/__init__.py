@@ -46,7 +46,9 @@ from engine.views.queues.model import (
     QueueConfig,
     QueueCounters,
     QueueDescription,
+    QueueMode,
     RedriveResult,
+    RetryRequest,
     StartPosition,
 )
 from engine.views.queues.schedule import DELIVER_AFTER_HEADER, DELIVER_AT_HEADER
@@ -84,6 +86,8 @@ __all__ = [
     "QueueCounters",
     "QueueDescription",
     "QueueManager",
+    "QueueMode",
     "RedriveResult",
+    "RetryRequest",
     "StartPosition",
 ]

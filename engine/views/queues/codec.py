@@ -44,6 +44,7 @@ from engine.views.queues.model import (
     BackoffPolicy,
     Ordering,
     QueueConfig,
+    QueueMode,
     StartPosition,
 )
 
@@ -133,6 +134,7 @@ def decode_config(data: bytes) -> tuple[QueueConfig, str]:
         name=str(body["name"]), topic=str(body["topic"]), ordering=Ordering(body["ordering"]),
         lease_ms=int(body["lease_ms"]), max_deliveries=int(body["max_deliveries"]),
         backoff=backoff, dlq_topic=str(body["dlq_topic"]), start=StartPosition(body["start"]),
+        mode=QueueMode(body.get("mode", QueueMode.WORK)),  # absent before retry queues existed
     )
     queue_id = str(body["id"])
     if len(bytes.fromhex(queue_id)) != 8:

@@ -105,8 +105,13 @@ class FailureHandler:
         action: NackAction,
         error: str,
         consumer: str,
+        *,
+        outcome: str = "nack",
     ) -> list[NackResult]:
-        """Schedule retries and dead-letter the rest; one result per ref, in order."""
+        """Schedule retries and dead-letter the rest; one result per ref, in order.
+
+        ``outcome`` names the failure in the attempt history (``stream``: a stream consumer's).
+        """
         now_ms = self._clock.now_ms()
         config = runtime.config
         results = {f.lease: NackResult(f.lease, NackOutcome.LEASE_INVALID, detail=f.reason)
@@ -117,8 +122,8 @@ class FailureHandler:
             for partition, items in taken.items():
                 ps = runtime.parts[partition]
                 for ref, lease in items:
-                    attempt = Attempt(lease.count, "nack", error, consumer or lease.consumer,
-                                      now_ms)
+                    attempt = Attempt(lease.count, outcome, error,
+                                      consumer or lease.consumer, now_ms)
                     state = _next_state(ps, ref.offset, lease.count, attempt)
                     if action == NackAction.REJECT:
                         doomed.append(_Doomed(ref, state, REASON_REJECTED))

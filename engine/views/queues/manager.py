@@ -16,6 +16,12 @@ Guarantees (at-least-once):
 - leases are NOT durable: after a restart every in-flight record is available again, and the
   delivery that was in flight at the crash is not counted (its count was not written).
 
+Retry queues (``mode=retry``) give plain stream consumers (consumer groups) backoff without
+blocking their partition: :meth:`QueueManager.schedule_retries` hands a failed record, by its
+source offset, to the queue's delay index, as a failed first delivery; the record is then
+received from the queue when due and acked or nacked like any delivery. A retry queue reads
+nothing of its topic by itself, and keeps no state for offsets never handed to it.
+
 Time: due times (retries, ``deliver-at``) use the clock's wall time, leases its monotonic
 time. Expired leases and due retries are handled lazily by every ``receive`` of the queue and
 by :meth:`QueueManager.run_due`, which the server calls about every 100 ms (it also persists
@@ -42,6 +48,7 @@ from engine.clock import Clock
 from engine.errors import (
     EngineError,
     InvalidQueueRequestError,
+    QueueError,
     QueueExistsError,
     TopicExistsError,
     UnknownQueueError,
@@ -70,10 +77,13 @@ from engine.views.queues.model import (
     LeaseRef,
     LeaseResult,
     NackAction,
+    NackOutcome,
     NackResult,
     QueueConfig,
     QueueDescription,
+    QueueMode,
     RedriveResult,
+    RetryRequest,
     StartPosition,
 )
 from engine.views.queues.partition_state import Lease, PartitionState
@@ -130,6 +140,8 @@ class QueueManager:
         self._read_ahead = read_ahead
         self._queues: dict[str, QueueRuntime] = {}
         self._admin_lock = threading.Lock()
+        # guards only the rebuild of listener tuples, never I/O, so an event loop may take it
+        self._listeners_lock = threading.Lock()
         self._tokens = itertools.count(1)
         self._incarnation = secrets.token_hex(3)
         self._committers = [
@@ -192,13 +204,16 @@ class QueueManager:
         parts = []
         for partition, source in enumerate(logs):
             start = snapshot.starts.get(partition, source.log_start_offset)
-            ps = PartitionState(partition, start, ordered=config.ordering == "per_key")
+            ps = PartitionState(partition, start, ordered=config.ordering == "per_key",
+                                retry_only=config.mode == QueueMode.RETRY)
             first_chunk = start // CHUNK_BITS
             chunks = snapshot.chunks.get(partition, {})
             ps.persisted_chunks = set(chunks)
             ps.done = {c: bits for c, bits in chunks.items() if c >= first_chunk}
             for offset, state in snapshot.retries.get(partition, {}).items():
-                if offset >= start and not ps.is_done(offset):
+                if ps.retry_only:  # its R records are all it holds
+                    ps.pending.add(offset)
+                if ps.retry_only or (offset >= start and not ps.is_done(offset)):
                     ps.retry[offset] = state
                     ps.counts[offset] = state.count
                     ps.delayed[offset] = state.due_ms
@@ -215,7 +230,7 @@ class QueueManager:
             for runtime in self._queues.values():
                 for source in runtime.logs:
                     source.remove_listener(runtime.wake)
-                runtime.data_event.set()
+                runtime.notify()
             self._queues.clear()
 
     def _state_index(self, owner: str) -> int:
@@ -290,7 +305,7 @@ class QueueManager:
             runtime.deleted = True
             for source in runtime.logs:
                 source.remove_listener(runtime.wake)
-            runtime.data_event.set()
+            runtime.notify()
             keys = []
             with runtime.lock:
                 qid = runtime.queue_id
@@ -311,6 +326,29 @@ class QueueManager:
         runtime = self._get(name)
         with runtime.lock:
             return runtime.describe()
+
+    def watch(self, queue: str, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` whenever records of ``queue`` may have become receivable.
+
+        For waiters that cannot block a thread in :meth:`receive` (an event loop): they poll
+        with ``wait_ms=0`` and wait for this. The listener runs on the notifying engine
+        thread, must be quick and must not raise; it is also called when the queue is
+        deleted or the manager closes, and about every 100 ms while retries come due or
+        leases expire (from :meth:`run_due`). Returns the function that removes it. Neither
+        waits for the queue's lock, so both may be called from an event loop.
+
+        Raises:
+            UnknownQueueError: no such queue.
+        """
+        runtime = self._get(queue)
+        with self._listeners_lock:
+            runtime.listeners = (*runtime.listeners, listener)
+
+        def remove() -> None:
+            with self._listeners_lock:
+                runtime.listeners = tuple(x for x in runtime.listeners if x is not listener)
+
+        return remove
 
     # ------------------------------------------------------------------ receive
 
@@ -492,9 +530,79 @@ class QueueManager:
             for partition, items in taken.items():
                 for ref, _ in items:
                     runtime.parts[partition].requeue(ref.offset)
-        runtime.data_event.set()
+        runtime.notify()
         released = tuple(ref for items in taken.values() for ref, _ in items)
         return LeaseResult(released, tuple(failed))
+
+    # ------------------------------------------------------------------ stream retries
+
+    def schedule_retries(
+        self, queue: str, requests: Sequence[RetryRequest], *, consumer: str = ""
+    ) -> list[NackResult]:
+        """Hand records that failed in a stream consumer to retry queue ``queue``.
+
+        Each record counts as failed once (its first delivery was the stream consumer's): it
+        is received from the queue after ``backoff(1)``, or dead-lettered at once when
+        ``max_deliveries`` is 1. Only a pointer is stored (an R record), never the payload.
+        A record already pending in the queue is left alone (``already_scheduled``). One
+        result per request, in order; all requests share one state write.
+
+        Raises:
+            UnknownQueueError: no such queue.
+            QueueError: ``queue`` is a work queue.
+            InvalidQueueRequestError: a partition or offset outside the topic.
+            StorageError: the delay index could not be written; the records are then
+                receivable from the queue at once.
+        """
+        runtime = self._get(queue)
+        if runtime.config.mode != QueueMode.RETRY:
+            raise QueueError(
+                f"queue {queue!r} is a work queue and already receives every record of "
+                f"{runtime.config.topic!r}; hand failed records to a queue declared with "
+                "mode retry", queue)
+        for request in requests:
+            self._check_source_offset(runtime, request)
+        now_ms = self._clock.now_ms()
+        results: list[NackResult | None] = []
+        adopted: dict[str, list[tuple[int, LeaseRef]]] = defaultdict(list)  # by error text
+        leases: dict[LeaseRef, Lease] = {}
+        with runtime.lock:
+            for index, request in enumerate(requests):
+                ps = runtime.parts[request.partition]
+                ref = LeaseRef(request.partition, request.offset,
+                               f"{self._incarnation}{next(self._tokens):x}")
+                if not ps.adopt(request.offset):
+                    results.append(NackResult(
+                        ref, NackOutcome.RETRY_SCHEDULED, ps.delayed.get(request.offset, -1),
+                        detail="already waiting in the queue; nothing changed",
+                        already_scheduled=True))
+                    continue
+                results.append(None)
+                adopted[request.error].append((index, ref))
+                leases[ref] = Lease(ref.token, consumer, 0.0, now_ms, 1)
+        for error, items in adopted.items():
+            taken: dict[int, list[tuple[LeaseRef, Lease]]] = defaultdict(list)
+            for _, ref in items:
+                taken[ref.partition].append((ref, leases[ref]))
+            outcomes = self._failures.nack(runtime, taken, [], [ref for _, ref in items],
+                                           NackAction.RETRY, error, consumer, outcome="stream")
+            for (index, _), result in zip(items, outcomes, strict=True):
+                results[index] = result
+        return [result for result in results if result is not None]
+
+    @staticmethod
+    def _check_source_offset(runtime: QueueRuntime, request: RetryRequest) -> None:
+        topic = runtime.config.topic
+        if not 0 <= request.partition < len(runtime.logs):
+            raise InvalidQueueRequestError(
+                f"topic {topic!r} has partitions 0 to {len(runtime.logs) - 1}, not "
+                f"{request.partition}", runtime.config.name)
+        source = runtime.logs[request.partition]
+        if not source.log_start_offset <= request.offset < source.high_watermark:
+            raise InvalidQueueRequestError(
+                f"offset {request.offset} is not in {topic!r} partition {request.partition} "
+                f"(its records are {source.log_start_offset} to {source.high_watermark - 1})",
+                runtime.config.name)
 
     # ------------------------------------------------------------------ periodic
 
@@ -509,7 +617,7 @@ class QueueManager:
         for runtime in list(self._queues.values()):
             with runtime.lock:
                 expired = runtime.collect_expired(monotonic)
-                runtime.release_due(now_ms)
+                released = runtime.release_due(now_ms)
                 moved = [ps.partition for ps in runtime.parts
                          if ps.advance_start() > ps.durable_start]
             if expired:
@@ -522,7 +630,8 @@ class QueueManager:
                 except EngineError:
                     log.exception("queue %r: persisting start offsets failed",
                                   runtime.config.name)
-            runtime.data_event.set()
+            if released or expired:
+                runtime.notify()
         return expired_total
 
     # ------------------------------------------------------------------ dead letters

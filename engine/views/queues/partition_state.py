@@ -14,6 +14,10 @@ transitions. Vocabulary (offsets of the source partition):
 - done: the bit of the offset is set in ``done`` (from durable C records) or it is below
   ``start``. An offset becomes done only after its state write is durable.
 
+A retry queue's partition (``retry_only``) reads nothing: its pending offsets are exactly those
+handed over by ``adopt`` (or replayed from R records), and done means not pending, so no
+bitmaps or start offset are kept for it (its ``start`` never moves).
+
 Per-key ordering keeps, per key, the pending offsets in order (``key_queue``); only the head
 may be ready, leased or committing, so a key's next record waits while an earlier one is in
 flight or waiting for its retry.
@@ -50,9 +54,12 @@ class Lease:
 class PartitionState:
     """See the module docstring."""
 
-    def __init__(self, partition: int, start: int, *, ordered: bool) -> None:
+    def __init__(
+        self, partition: int, start: int, *, ordered: bool, retry_only: bool = False
+    ) -> None:
         self.partition = partition
         self.ordered = ordered
+        self.retry_only = retry_only
         self.start = start
         self.durable_start = start
         self.scanned = start
@@ -74,6 +81,8 @@ class PartitionState:
     # ------------------------------------------------------------------ queries
 
     def is_done(self, offset: int) -> bool:
+        if self.retry_only:
+            return offset not in self.pending
         if offset < self.start:
             return True
         return bool((self.done.get(offset >> _SHIFT, 0) >> (offset & _MASK)) & 1)
@@ -166,11 +175,22 @@ class PartitionState:
             return False  # stale heap entry: acked, re-delayed or dropped since
         del self.delayed[offset]
         self.scheduled.discard(offset)
-        if offset >= self.scanned:
+        if offset >= self.scanned and not self.retry_only:
             return False  # replayed retry beyond the scanner: the scan will ready it
         if not self.is_head(offset):
             return False
         heapq.heappush(self.ready, offset)
+        return True
+
+    def adopt(self, offset: int) -> bool:
+        """Retry queues: take in a record failed elsewhere, as committing (a nack follows).
+
+        Returns False if ``offset`` is pending already (nothing changes).
+        """
+        if offset in self.pending:
+            return False
+        self.pending.add(offset)
+        self.committing.add(offset)
         return True
 
     def take_lease(self, offset: int, token: str) -> Lease | None:
@@ -189,7 +209,9 @@ class PartitionState:
 
         The caller readies the returned offset (it may need its payload loaded).
         """
-        self.done[offset >> _SHIFT] = self.done.get(offset >> _SHIFT, 0) | (1 << (offset & _MASK))
+        if not self.retry_only:
+            chunk = offset >> _SHIFT
+            self.done[chunk] = self.done.get(chunk, 0) | (1 << (offset & _MASK))
         self.committing.discard(offset)
         self.pending.discard(offset)
         self.records.pop(offset, None)
@@ -225,6 +247,8 @@ class PartitionState:
 
     def advance_start(self) -> int:
         """Move ``start`` up to the lowest pending offset (or ``scanned``); returns it."""
+        if self.retry_only:
+            return self.start
         heap = self._pending_heap
         while heap and heap[0] not in self.pending:
             heapq.heappop(heap)

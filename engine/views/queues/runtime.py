@@ -9,6 +9,12 @@ Two heaps hold all timing, so there is no timer or thread per message:
 - the lease heap ``(deadline, partition, offset, token)`` on the monotonic clock (leases are not
   durable and must not jump with the wall clock).
 
+Wake-ups: :meth:`QueueRuntime.notify` sets ``data_event`` (for receives waiting on a thread)
+and calls every callback in ``listeners`` (for waiters elsewhere, e.g. on an event loop),
+whenever records may have become receivable: new data in the topic, a settled lease, a retry
+that came due, a deletion. Listeners run on the notifying thread, must be quick and must not
+raise.
+
 Concurrency: ``lock`` guards everything here and in the partition states. No I/O other than
 lock-free log reads happens under it; writes go through the group committer after it is
 released.
@@ -19,6 +25,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from engine.errors import OffsetOutOfRangeError
@@ -79,6 +86,8 @@ class QueueRuntime:
         self.read_ahead = read_ahead
         self.lock = threading.Lock()
         self.data_event = threading.Event()
+        # replaced whole under the manager's listener lock, read without any lock
+        self.listeners: tuple[Callable[[], None], ...] = ()
         self.delay_heap: list[tuple[int, int, int]] = []
         self.lease_heap: list[tuple[float, int, int, str]] = []
         self.counters = _Counters()
@@ -91,16 +100,24 @@ class QueueRuntime:
 
     def wake(self) -> None:
         """Log listener: new data arrived (runs in the appending thread; never blocks)."""
+        self.notify()
+
+    def notify(self) -> None:
+        """Wake every waiter: records may be receivable now (see the module docstring)."""
         self.data_event.set()
+        for listener in self.listeners:
+            listener()
 
     # ------------------------------------------------------------------ timing
 
-    def release_due(self, now_ms: int) -> None:
-        """Ready every delayed record whose time has come."""
+    def release_due(self, now_ms: int) -> int:
+        """Ready every delayed record whose time has come; returns how many went ready."""
         heap = self.delay_heap
+        released = 0
         while heap and heap[0][0] <= now_ms:
             due_ms, partition, offset = heapq.heappop(heap)
-            self.parts[partition].due(offset, due_ms)
+            released += self.parts[partition].due(offset, due_ms)
+        return released
 
     def push_delay(self, partition: int, offset: int, due_ms: int) -> None:
         heapq.heappush(self.delay_heap, (due_ms, partition, offset))
@@ -168,6 +185,7 @@ class QueueRuntime:
         expires_ms = now_ms + lease_ms
         log = self.logs[ps.partition]
         loaded: dict[int, Record] = {}
+        partition, lease_heap, heappush = ps.partition, self.lease_heap, heapq.heappush
         while wanted > 0:
             offset = ps.pop_ready()
             if offset is None:
@@ -190,18 +208,18 @@ class QueueRuntime:
             ps.counts[offset] = delivery_count
             token = f"{incarnation}{next(tokens):x}"
             ps.leases[offset] = Lease(token, consumer, deadline, expires_ms, delivery_count)
-            self.lease_heap_push(ps.partition, offset, ps.leases[offset])
+            heappush(lease_heap, (deadline, partition, offset, token))
             retry = ps.retry.get(offset)
             out.append(Delivery(
-                config.name, config.topic, ps.partition, offset, record.timestamp, record.key,
-                record.value, record.headers, LeaseRef(ps.partition, offset, token), expires_ms,
+                config.name, config.topic, partition, offset, record.timestamp, record.key,
+                record.value, record.headers, LeaseRef(partition, offset, token), expires_ms,
                 delivery_count, retry.attempts if retry is not None else (),
             ))
             wanted -= 1
 
     def scan(self, ps: PartitionState, now_ms: int) -> bool:
         """Read the next batches of the partition into the state; False if nothing new."""
-        if ps.window() >= self.read_ahead:
+        if ps.retry_only or ps.window() >= self.read_ahead:
             return False
         log = self.logs[ps.partition]
         if ps.scanned >= log.high_watermark:

@@ -94,8 +94,9 @@ def encode_changes(changes: list[StateChange]) -> list[NewRecord]:
             new_bits: dict[int, int] = {}
             for change in group:
                 for offset in change.done:
-                    chunk = offset >> _SHIFT
-                    new_bits[chunk] = new_bits.get(chunk, 0) | (1 << (offset & _MASK))
+                    if not ps.retry_only:  # a retry queue's done is its R tombstone alone
+                        chunk = offset >> _SHIFT
+                        new_bits[chunk] = new_bits.get(chunk, 0) | (1 << (offset & _MASK))
                     if offset in ps.retry:
                         records.append(NewRecord(None, encode_state_key(
                             StateKey("R", qid, partition, offset))))
@@ -141,7 +142,7 @@ def apply_changes(changes: list[StateChange]) -> None:
                 ps.durable_start = max(ps.durable_start, first.written_start)
                 ps.persisted_chunks.difference_update(first.tombstoned)
                 ps.forget_chunks_below(ps.durable_start)
-        runtime.data_event.set()
+        runtime.notify()
 
 
 def fail_changes(changes: list[StateChange]) -> None:
@@ -153,7 +154,7 @@ def fail_changes(changes: list[StateChange]) -> None:
                 ps.requeue(offset)
             for offset, _ in change.retries:
                 ps.requeue(offset)
-        change.runtime.data_event.set()
+        change.runtime.notify()
 
 
 # ---------------------------------------------------------------- replay

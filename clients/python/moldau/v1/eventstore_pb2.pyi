@@ -275,6 +275,226 @@ class AppendToStreamResponse(_message.Message):
 Global___AppendToStreamResponse: _TypeAlias = AppendToStreamResponse  # noqa: Y015
 
 @_typing.final
+class PipelinedAppend(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    APPEND_FIELD_NUMBER: _builtins.int
+    correlation_id: _builtins.int
+    """Chosen by the client; echoed in the answer."""
+    @_builtins.property
+    def append(self) -> Global___AppendToStreamRequest: ...
+    def __init__(
+        self,
+        *,
+        correlation_id: _builtins.int = ...,
+        append: Global___AppendToStreamRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["append", b"append"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["append", b"append", "correlation_id", b"correlation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PipelinedAppend: _TypeAlias = PipelinedAppend  # noqa: Y015
+
+@_typing.final
+class AppendStreamRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPENDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def appends(self) -> _containers.RepeatedCompositeFieldContainer[Global___PipelinedAppend]: ...
+    def __init__(
+        self,
+        *,
+        appends: _abc.Iterable[Global___PipelinedAppend] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["appends", b"appends"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppendStreamRequest: _TypeAlias = AppendStreamRequest  # noqa: Y015
+
+@_typing.final
+class AppendError(_message.Message):
+    """Why one pipelined append failed, as a unary call would have said it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CURRENT_VERSION_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The gRPC status code number (9 FAILED_PRECONDITION for a wrong expected version)."""
+    message: _builtins.str
+    reason: _builtins.str
+    """The server's error class, as in the `moldau-error` trailing metadata of unary calls."""
+    current_version: _builtins.int
+    """For WrongExpectedVersionError: the stream's version (-1: no stream or deleted)."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        current_version: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_current_version", b"_current_version", "current_version", b"current_version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_current_version", b"_current_version", "code", b"code", "current_version", b"current_version", "message", b"message", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__current_version: _TypeAlias = _typing.Literal["current_version"]  # noqa: Y015
+    _WhichOneofArgType__current_version: _TypeAlias = _typing.Literal["_current_version", b"_current_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__current_version) -> _WhichOneofReturnType__current_version | None: ...
+
+Global___AppendError: _TypeAlias = AppendError  # noqa: Y015
+
+@_typing.final
+class AppendOutcome(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    correlation_id: _builtins.int
+    @_builtins.property
+    def response(self) -> Global___AppendToStreamResponse: ...
+    @_builtins.property
+    def error(self) -> Global___AppendError: ...
+    def __init__(
+        self,
+        *,
+        correlation_id: _builtins.int = ...,
+        response: Global___AppendToStreamResponse | None = ...,
+        error: Global___AppendError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "error", b"error", "outcome", b"outcome", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["response", "error"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___AppendOutcome: _TypeAlias = AppendOutcome  # noqa: Y015
+
+@_typing.final
+class AppendStreamResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___AppendOutcome]: ...
+    def __init__(
+        self,
+        *,
+        outcomes: _abc.Iterable[Global___AppendOutcome] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcomes", b"outcomes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppendStreamResponse: _TypeAlias = AppendStreamResponse  # noqa: Y015
+
+@_typing.final
+class ListStreamsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOPIC_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    INCLUDE_DELETED_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    MAX_COUNT_FIELD_NUMBER: _builtins.int
+    topic: _builtins.str
+    category: _builtins.str
+    """Only this category's streams (`order` or `order-*`); empty means all."""
+    include_deleted: _builtins.bool
+    """Include soft-deleted streams (their `deleted` flag is set)."""
+    after: _builtins.str
+    """Names after this one (for paging); empty: from the first."""
+    max_count: _builtins.int
+    """0 means 1000 (also the maximum)."""
+    def __init__(
+        self,
+        *,
+        topic: _builtins.str = ...,
+        category: _builtins.str = ...,
+        include_deleted: _builtins.bool = ...,
+        after: _builtins.str = ...,
+        max_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "category", b"category", "include_deleted", b"include_deleted", "max_count", b"max_count", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStreamsRequest: _TypeAlias = ListStreamsRequest  # noqa: Y015
+
+@_typing.final
+class StreamInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_FIELD_NUMBER: _builtins.int
+    LAST_VERSION_FIELD_NUMBER: _builtins.int
+    TRUNCATE_BEFORE_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
+    PARTITION_FIELD_NUMBER: _builtins.int
+    stream: _builtins.str
+    last_version: _builtins.int
+    """The last durable version (-1 if none is durable yet)."""
+    truncate_before: _builtins.int
+    """Versions below this are hidden by a truncate."""
+    deleted: _builtins.bool
+    partition: _builtins.int
+    def __init__(
+        self,
+        *,
+        stream: _builtins.str = ...,
+        last_version: _builtins.int = ...,
+        truncate_before: _builtins.int = ...,
+        deleted: _builtins.bool = ...,
+        partition: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "last_version", b"last_version", "partition", b"partition", "stream", b"stream", "truncate_before", b"truncate_before"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamInfo: _TypeAlias = StreamInfo  # noqa: Y015
+
+@_typing.final
+class ListStreamsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAMS_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    more: _builtins.bool
+    """More streams follow: ask again with `after` = the last stream's name."""
+    @_builtins.property
+    def streams(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamInfo]: ...
+    def __init__(
+        self,
+        *,
+        streams: _abc.Iterable[Global___StreamInfo] | None = ...,
+        more: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["more", b"more", "streams", b"streams"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStreamsResponse: _TypeAlias = ListStreamsResponse  # noqa: Y015
+
+@_typing.final
 class ReadStreamRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

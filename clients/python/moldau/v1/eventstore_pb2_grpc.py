@@ -80,6 +80,16 @@ class EventStoreServiceStub:
                 request_serializer=moldau_dot_v1_dot_eventstore__pb2.SubscribeEventsRequest.SerializeToString,
                 response_deserializer=moldau_dot_v1_dot_eventstore__pb2.SubscribeEventsResponse.FromString,
                 _registered_method=True)
+        self.AppendStream = channel.stream_stream(
+                '/moldau.v1.EventStoreService/AppendStream',
+                request_serializer=moldau_dot_v1_dot_eventstore__pb2.AppendStreamRequest.SerializeToString,
+                response_deserializer=moldau_dot_v1_dot_eventstore__pb2.AppendStreamResponse.FromString,
+                _registered_method=True)
+        self.ListStreams = channel.unary_unary(
+                '/moldau.v1.EventStoreService/ListStreams',
+                request_serializer=moldau_dot_v1_dot_eventstore__pb2.ListStreamsRequest.SerializeToString,
+                response_deserializer=moldau_dot_v1_dot_eventstore__pb2.ListStreamsResponse.FromString,
+                _registered_method=True)
 
 
 class EventStoreServiceServicer:
@@ -96,7 +106,8 @@ class EventStoreServiceServicer:
     def AppendToStream(self, request, context):
         """Appends events if the stream is at the expected version, atomically; durable on return.
         A mismatch fails with FAILED_PRECONDITION, writes nothing, and the `moldau-error` trailing
-        metadata is `WrongExpectedVersionError`; the message names the current version. Re-sending
+        metadata is `WrongExpectedVersionError` and `moldau-current-version` is the stream's
+        version as decimal text (-1: no stream or deleted); the message names it too. Re-sending
         the same event ids returns the original result with `duplicate` set.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -155,6 +166,25 @@ class EventStoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AppendStream(self, request_iterator, context):
+        """Pipelined appends: send appends without waiting, each tagged with a correlation id of
+        the client's choosing; a message may carry several. Every append is answered once, by
+        its correlation id, with its result or its error (a failed append does not end the call).
+        Appends to one partition (so to one stream) run in the order sent and are answered in
+        that order; answers for different partitions may interleave. Appends that arrive while
+        an fsync runs share the next one (group commit).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListStreams(self, request, context):
+        """The streams of a store topic (or of one category) with their last versions, by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventStoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -202,6 +232,16 @@ def add_EventStoreServiceServicer_to_server(servicer, server):
                     servicer.Subscribe,
                     request_deserializer=moldau_dot_v1_dot_eventstore__pb2.SubscribeEventsRequest.FromString,
                     response_serializer=moldau_dot_v1_dot_eventstore__pb2.SubscribeEventsResponse.SerializeToString,
+            ),
+            'AppendStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.AppendStream,
+                    request_deserializer=moldau_dot_v1_dot_eventstore__pb2.AppendStreamRequest.FromString,
+                    response_serializer=moldau_dot_v1_dot_eventstore__pb2.AppendStreamResponse.SerializeToString,
+            ),
+            'ListStreams': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStreams,
+                    request_deserializer=moldau_dot_v1_dot_eventstore__pb2.ListStreamsRequest.FromString,
+                    response_serializer=moldau_dot_v1_dot_eventstore__pb2.ListStreamsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -448,6 +488,60 @@ class EventStoreService:
             '/moldau.v1.EventStoreService/Subscribe',
             moldau_dot_v1_dot_eventstore__pb2.SubscribeEventsRequest.SerializeToString,
             moldau_dot_v1_dot_eventstore__pb2.SubscribeEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/moldau.v1.EventStoreService/AppendStream',
+            moldau_dot_v1_dot_eventstore__pb2.AppendStreamRequest.SerializeToString,
+            moldau_dot_v1_dot_eventstore__pb2.AppendStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStreams(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/moldau.v1.EventStoreService/ListStreams',
+            moldau_dot_v1_dot_eventstore__pb2.ListStreamsRequest.SerializeToString,
+            moldau_dot_v1_dot_eventstore__pb2.ListStreamsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,7 +38,8 @@ class EventStoreServiceStub:
     AppendToStream: _grpc.UnaryUnaryMultiCallable[_eventstore_pb2.AppendToStreamRequest, _eventstore_pb2.AppendToStreamResponse]
     """Appends events if the stream is at the expected version, atomically; durable on return.
     A mismatch fails with FAILED_PRECONDITION, writes nothing, and the `moldau-error` trailing
-    metadata is `WrongExpectedVersionError`; the message names the current version. Re-sending
+    metadata is `WrongExpectedVersionError` and `moldau-current-version` is the stream's
+    version as decimal text (-1: no stream or deleted); the message names it too. Re-sending
     the same event ids returns the original result with `duplicate` set.
     """
     ReadStream: _grpc.UnaryUnaryMultiCallable[_eventstore_pb2.ReadStreamRequest, _eventstore_pb2.ReadStreamResponse]
@@ -60,6 +61,16 @@ class EventStoreServiceStub:
     cancels it (or the server shuts down: UNAVAILABLE). Resume from the last `next_position`
     (all/category) or the last event's version + 1 (stream).
     """
+    AppendStream: _grpc.StreamStreamMultiCallable[_eventstore_pb2.AppendStreamRequest, _eventstore_pb2.AppendStreamResponse]
+    """Pipelined appends: send appends without waiting, each tagged with a correlation id of
+    the client's choosing; a message may carry several. Every append is answered once, by
+    its correlation id, with its result or its error (a failed append does not end the call).
+    Appends to one partition (so to one stream) run in the order sent and are answered in
+    that order; answers for different partitions may interleave. Appends that arrive while
+    an fsync runs share the next one (group commit).
+    """
+    ListStreams: _grpc.UnaryUnaryMultiCallable[_eventstore_pb2.ListStreamsRequest, _eventstore_pb2.ListStreamsResponse]
+    """The streams of a store topic (or of one category) with their last versions, by name."""
 
 @_typing.type_check_only
 class EventStoreServiceAsyncStub(EventStoreServiceStub):
@@ -71,7 +82,8 @@ class EventStoreServiceAsyncStub(EventStoreServiceStub):
     AppendToStream: _aio.UnaryUnaryMultiCallable[_eventstore_pb2.AppendToStreamRequest, _eventstore_pb2.AppendToStreamResponse]  # type: ignore[assignment]
     """Appends events if the stream is at the expected version, atomically; durable on return.
     A mismatch fails with FAILED_PRECONDITION, writes nothing, and the `moldau-error` trailing
-    metadata is `WrongExpectedVersionError`; the message names the current version. Re-sending
+    metadata is `WrongExpectedVersionError` and `moldau-current-version` is the stream's
+    version as decimal text (-1: no stream or deleted); the message names it too. Re-sending
     the same event ids returns the original result with `duplicate` set.
     """
     ReadStream: _aio.UnaryUnaryMultiCallable[_eventstore_pb2.ReadStreamRequest, _eventstore_pb2.ReadStreamResponse]  # type: ignore[assignment]
@@ -93,6 +105,16 @@ class EventStoreServiceAsyncStub(EventStoreServiceStub):
     cancels it (or the server shuts down: UNAVAILABLE). Resume from the last `next_position`
     (all/category) or the last event's version + 1 (stream).
     """
+    AppendStream: _aio.StreamStreamMultiCallable[_eventstore_pb2.AppendStreamRequest, _eventstore_pb2.AppendStreamResponse]  # type: ignore[assignment]
+    """Pipelined appends: send appends without waiting, each tagged with a correlation id of
+    the client's choosing; a message may carry several. Every append is answered once, by
+    its correlation id, with its result or its error (a failed append does not end the call).
+    Appends to one partition (so to one stream) run in the order sent and are answered in
+    that order; answers for different partitions may interleave. Appends that arrive while
+    an fsync runs share the next one (group commit).
+    """
+    ListStreams: _aio.UnaryUnaryMultiCallable[_eventstore_pb2.ListStreamsRequest, _eventstore_pb2.ListStreamsResponse]  # type: ignore[assignment]
+    """The streams of a store topic (or of one category) with their last versions, by name."""
 
 class EventStoreServiceServicer(metaclass=_abc_1.ABCMeta):
     """Streams of events kept in ordinary topics ("store topics"), one partition per stream."""
@@ -113,7 +135,8 @@ class EventStoreServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_eventstore_pb2.AppendToStreamResponse, _abc.Awaitable[_eventstore_pb2.AppendToStreamResponse]]:
         """Appends events if the stream is at the expected version, atomically; durable on return.
         A mismatch fails with FAILED_PRECONDITION, writes nothing, and the `moldau-error` trailing
-        metadata is `WrongExpectedVersionError`; the message names the current version. Re-sending
+        metadata is `WrongExpectedVersionError` and `moldau-current-version` is the stream's
+        version as decimal text (-1: no stream or deleted); the message names it too. Re-sending
         the same event ids returns the original result with `duplicate` set.
         """
 
@@ -177,5 +200,27 @@ class EventStoreServiceServicer(metaclass=_abc_1.ABCMeta):
         cancels it (or the server shuts down: UNAVAILABLE). Resume from the last `next_position`
         (all/category) or the last event's version + 1 (stream).
         """
+
+    @_abc_1.abstractmethod
+    def AppendStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_eventstore_pb2.AppendStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_eventstore_pb2.AppendStreamResponse], _abc.AsyncIterator[_eventstore_pb2.AppendStreamResponse]]:
+        """Pipelined appends: send appends without waiting, each tagged with a correlation id of
+        the client's choosing; a message may carry several. Every append is answered once, by
+        its correlation id, with its result or its error (a failed append does not end the call).
+        Appends to one partition (so to one stream) run in the order sent and are answered in
+        that order; answers for different partitions may interleave. Appends that arrive while
+        an fsync runs share the next one (group commit).
+        """
+
+    @_abc_1.abstractmethod
+    def ListStreams(
+        self,
+        request: _eventstore_pb2.ListStreamsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_eventstore_pb2.ListStreamsResponse, _abc.Awaitable[_eventstore_pb2.ListStreamsResponse]]:
+        """The streams of a store topic (or of one category) with their last versions, by name."""
 
 def add_EventStoreServiceServicer_to_server(servicer: EventStoreServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
