@@ -12,7 +12,8 @@ import moldau.errors
 
 def test_all_is_exact_and_sorted() -> None:
     public = {name for name in vars(moldau) if not name.startswith("_")}
-    modules = {"admin", "consumer", "errors", "producer", "testing", "v1", "cli"}
+    modules = {"admin", "consumer", "errors", "producer", "testing", "v1", "cli", "eventstore",
+               "aggregate", "projections", "queues", "exchanges", "worker"}
     assert set(moldau.__all__) == public - modules
     assert moldau.__all__ == sorted(moldau.__all__, key=lambda n: (not n.isupper(), n))
 

@@ -28,6 +28,8 @@ from moldau._cli_acl import (
     run_security_command,
 )
 from moldau._cli_bench import add_bench_command, run_bench_command
+from moldau._cli_dlq import add_dlq_command, run_dlq
+from moldau._cli_exchanges import add_exchanges_command, run_exchanges
 from moldau._cli_groups import add_groups_command, run_groups
 from moldau._cli_output import (
     decode_json_record,
@@ -37,7 +39,11 @@ from moldau._cli_output import (
     print_json,
     record_json,
 )
+from moldau._cli_projections import add_projections_command, run_projections
+from moldau._cli_queues import add_queues_command, run_queues
+from moldau._cli_replay import add_replay_command, run_replay
 from moldau._cli_status import add_status_command, run_status
+from moldau._cli_streams import add_streams_command, run_streams
 from moldau._futures import RecordFuture
 from moldau._runtime import DEFAULT_SERVER
 from moldau._types import Header, TopicDescription
@@ -192,7 +198,13 @@ def build_parser() -> _Parser:
     offsets.add_argument("--output", choices=("table", "json"), default="table")
 
     add_groups_command(commands, _command, _add_server)
+    add_queues_command(commands, _command, _add_server)
+    add_exchanges_command(commands, _command, _add_server)
+    add_dlq_command(commands, _command, _add_server)
+    add_projections_command(commands, _command, _add_server)
+    add_replay_command(commands, _command, _add_server)
     add_status_command(commands, _command, _add_server)
+    add_streams_command(commands, _command, _add_server)
     add_bench_command(commands, _command)
     add_security_commands(commands, _command, _add_server)
     add_credential_flags(parser)  # --token and --tls-* on every command with --server
@@ -458,7 +470,13 @@ def main(
         "consume": lambda: _consume(args, out),
         "offsets": lambda: _offsets(args, out),
         "groups": lambda: run_groups(args, out, err),
+        "queues": lambda: run_queues(args, out, err),
+        "exchanges": lambda: run_exchanges(args, out, err),
+        "dlq": lambda: run_dlq(args, out, err),
+        "projections": lambda: run_projections(args, out, err),
+        "replay": lambda: run_replay(args, out, err),
         "status": lambda: run_status(args, out, err),
+        "streams": lambda: run_streams(args, out, err, stdin or sys.stdin),
         "bench": lambda: run_bench_command(args, out, err),
         "acl": lambda: run_security_command(args, out),
         "whoami": lambda: run_security_command(args, out),

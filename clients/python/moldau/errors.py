@@ -12,6 +12,7 @@ Tree::
     +-- NotFoundError                NOT_FOUND
     |   +-- TopicNotFoundError       no such topic
     |   +-- PartitionNotFoundError   the topic has fewer partitions
+    |   +-- StreamNotFoundError      an event stream without events, or soft-deleted
     +-- TopicExistsError             ALREADY_EXISTS
     +-- OffsetOutOfRangeError        OUT_OF_RANGE: the offset is not (or no longer) stored
     +-- ResourceExhaustedError       RESOURCE_EXHAUSTED: a server limit or a full disk
@@ -27,6 +28,14 @@ Tree::
     +-- AuthenticationError          UNAUTHENTICATED: no, an unknown or a revoked credential
     +-- PermissionDeniedError        PERMISSION_DENIED: an ACL does not allow the operation
     +-- ServerError                  INTERNAL, DATA_LOSS, UNKNOWN and other codes: a server fault
+    +-- WrongExpectedVersionError    FAILED_PRECONDITION: the stream is at another version
+    +-- DuplicateEventIdError        ALREADY_EXISTS: an event id is stored at another position
+    +-- QueueExistsError             ALREADY_EXISTS: the queue exists with another definition
+    +-- QueueStateError              FAILED_PRECONDITION: e.g. a retry handed to a work queue
+    +-- ExchangeExistsError          ALREADY_EXISTS: the exchange exists with another type ...
+    +-- ExchangeInDoubtError         UNAVAILABLE: bindings wait for a routing step (retriable)
+    (and under NotFoundError: QueueNotFoundError, ExchangeNotFoundError; under
+    InvalidRequestError: InvalidQueueRequestError, InvalidRoutingRequestError)
 
 gRPC errors are translated in exactly one place, :func:`error_from_status`, so callers catch
 these classes and never ``grpc.RpcError``. ``retriable`` says whether the same request may
@@ -48,10 +57,16 @@ __all__ = [
     "ConnectionFailedError",
     "CorruptRecordError",
     "DeliveryTimeoutError",
+    "DuplicateEventIdError",
+    "ExchangeExistsError",
+    "ExchangeInDoubtError",
+    "ExchangeNotFoundError",
     "GroupMembershipError",
     "GroupNotEmptyError",
     "GroupNotFoundError",
+    "InvalidQueueRequestError",
     "InvalidRequestError",
+    "InvalidRoutingRequestError",
     "MoldauError",
     "NoOffsetForPartitionError",
     "NotFoundError",
@@ -59,14 +74,19 @@ __all__ = [
     "PartitionNotFoundError",
     "PermissionDeniedError",
     "ProducerStateError",
+    "QueueExistsError",
+    "QueueNotFoundError",
+    "QueueStateError",
     "RecordTooLargeError",
     "RequestTimeoutError",
     "ResourceExhaustedError",
     "ServerError",
     "StaleGenerationError",
+    "StreamNotFoundError",
     "TopicExistsError",
     "TopicNotFoundError",
     "UnavailableError",
+    "WrongExpectedVersionError",
     "error_from_rpc",
     "error_from_status",
 ]
@@ -216,6 +236,64 @@ class ServerError(MoldauError):
     pass
 
 
+class StreamNotFoundError(NotFoundError):
+    """The event stream has no events, or it was soft-deleted (``deleted``)."""
+
+    @property
+    def deleted(self) -> bool:
+        return "was deleted" in self.message
+
+
+class WrongExpectedVersionError(MoldauError):
+    """The stream is not at the version the append (or delete) expected; nothing was written.
+
+    Attributes:
+        current_version: The stream's version when the server checked (-1: no stream or
+            deleted), from the ``moldau-current-version`` trailing metadata; None if unknown.
+    """
+
+    def __init__(self, message: str, code: Any = None,
+                 current_version: int | None = None) -> None:
+        super().__init__(message, code)
+        self.current_version = current_version
+
+
+class DuplicateEventIdError(MoldauError):
+    """An event id is stored already, but not as this same append (new events need new ids)."""
+
+
+class QueueNotFoundError(NotFoundError):
+    """No queue of that name: it was never declared, or it was deleted."""
+
+
+class QueueExistsError(MoldauError):
+    """The queue exists with another definition: declare the same one, or delete it first."""
+
+
+class QueueStateError(MoldauError):
+    """The queue refuses the operation as it is defined (a retry for a work queue)."""
+
+
+class InvalidQueueRequestError(InvalidRequestError):
+    """A queue request with a bad argument; the message names it and what is allowed."""
+
+
+class ExchangeNotFoundError(NotFoundError):
+    """No exchange of that name is declared."""
+
+
+class ExchangeExistsError(MoldauError):
+    """The exchange was declared with another type, alternate or provenance."""
+
+
+class ExchangeInDoubtError(UnavailableError):
+    """Bindings cannot change until the router's interrupted step completes; retry shortly."""
+
+
+class InvalidRoutingRequestError(InvalidRequestError):
+    """A bad exchange or binding argument (type, pattern, header arguments, a loop)."""
+
+
 _BY_CODE: dict[Any, type[MoldauError]] = {
     _S.UNAVAILABLE: UnavailableError,
     _S.DEADLINE_EXCEEDED: RequestTimeoutError,
@@ -240,7 +318,20 @@ _BY_REASON: dict[str, type[MoldauError]] = {
     "InconsistentAssignorError": GroupMembershipError,
     "GroupNotEmptyError": GroupNotEmptyError,
     "TopicExistsError": TopicExistsError,
+    "WrongExpectedVersionError": WrongExpectedVersionError,
+    "StreamNotFoundError": StreamNotFoundError,
+    "DuplicateEventIdError": DuplicateEventIdError,
+    "UnknownQueueError": QueueNotFoundError,
+    "QueueExistsError": QueueExistsError,
+    "QueueError": QueueStateError,
+    "InvalidQueueRequestError": InvalidQueueRequestError,
+    "UnknownExchangeError": ExchangeNotFoundError,
+    "ExchangeExistsError": ExchangeExistsError,
+    "ExchangeInDoubtError": ExchangeInDoubtError,
+    "InvalidRoutingRequestError": InvalidRoutingRequestError,
 }
+#: Trailing metadata key of the stream's version beside a WrongExpectedVersionError.
+CURRENT_VERSION_KEY = "moldau-current-version"
 
 
 def error_from_status(code: Any, message: str, reason: str | None = None) -> MoldauError:
@@ -274,6 +365,7 @@ def error_from_rpc(error: grpc.RpcError) -> MoldauError:
     details = error.details() if hasattr(error, "details") else None
     reason = None
     request_id = ""
+    current_version: int | None = None
     trailing = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
     for key, value in trailing or ():
         text = value if isinstance(value, str) else bytes(value).decode("ascii", "replace")
@@ -281,8 +373,12 @@ def error_from_rpc(error: grpc.RpcError) -> MoldauError:
             reason = text
         elif key == "x-request-id":
             request_id = text
+        elif key == CURRENT_VERSION_KEY:
+            current_version = int(text) if text.lstrip("-").isdigit() else None
     result = error_from_status(code, details or str(code), reason)
     result.request_id = request_id
+    if isinstance(result, WrongExpectedVersionError):
+        result.current_version = current_version
     return result
 
 

@@ -1,0 +1,98 @@
+"""Conversions between the event-store value objects and the generated EventStoreService
+messages; the only client module (with the servicer) that knows both shapes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from moldau._eventstore_types import (
+    ANY,
+    NO_STREAM,
+    STREAM_EXISTS,
+    AllPosition,
+    AppendResult,
+    EventData,
+    EventPosition,
+    RecordedEvent,
+    UpcasterRegistry,
+)
+from moldau.v1 import eventstore_pb2
+
+__all__ = [
+    "append_request",
+    "append_result",
+    "position_message",
+    "recorded_events",
+    "set_expected",
+]
+
+_pb = eventstore_pb2
+_SPECIAL = {
+    ANY: _pb.EXPECTED_VERSION_ANY,
+    NO_STREAM: _pb.EXPECTED_VERSION_NO_STREAM,
+    STREAM_EXISTS: _pb.EXPECTED_VERSION_STREAM_EXISTS,
+}
+
+
+def set_expected(message: Any, expected_version: int) -> None:
+    """Fill the ``expected`` oneof of an append or delete request.
+
+    Raises:
+        ValueError: ``expected_version`` is negative and not ANY, NO_STREAM or STREAM_EXISTS.
+    """
+    if isinstance(expected_version, bool) or not isinstance(expected_version, int):
+        raise ValueError(f"expected_version must be an int, got {expected_version!r}")
+    if expected_version >= 0:
+        message.exact = expected_version
+        return
+    special = _SPECIAL.get(expected_version)
+    if special is None:
+        raise ValueError(
+            f"expected version {expected_version} is not valid: use an exact version >= 0, "
+            "ANY, NO_STREAM or STREAM_EXISTS"
+        )
+    message.special = special
+
+
+def append_request(topic: str, stream: str, expected_version: int,
+                   events: Iterable[EventData]) -> eventstore_pb2.AppendToStreamRequest:
+    request = _pb.AppendToStreamRequest(
+        topic=topic, stream=stream,
+        events=[
+            _pb.EventToAppend(type=e.type, data=e.data, metadata=e.metadata,
+                              type_version=e.type_version, event_id=str(e.event_id))
+            for e in events
+        ],
+    )
+    set_expected(request, expected_version)
+    return request
+
+
+def append_result(message: eventstore_pb2.AppendToStreamResponse) -> AppendResult:
+    return AppendResult(
+        first_version=message.first_version, last_version=message.last_version,
+        partition=message.partition, first_offset=message.first_offset,
+        last_offset=message.last_offset, duplicate=message.duplicate,
+    )
+
+
+def recorded_events(messages: Sequence[eventstore_pb2.RecordedEvent],
+                    upcasters: UpcasterRegistry) -> tuple[RecordedEvent, ...]:
+    """The events of a response, upcast by the client's registry."""
+    events = tuple(
+        RecordedEvent(
+            stream=m.stream, version=m.version, event_id=uuid.UUID(m.event_id), type=m.type,
+            type_version=m.type_version, data=m.data, metadata=m.metadata,
+            timestamp_ms=m.timestamp_ms, position=EventPosition(m.partition, m.offset),
+        )
+        for m in messages
+    )
+    if not len(upcasters):
+        return events
+    return tuple(upcasters.upcast(event) for event in events)
+
+
+def position_message(position: AllPosition | None) -> eventstore_pb2.AllPosition | None:
+    return None if position is None else _pb.AllPosition(offsets=list(position.offsets))
