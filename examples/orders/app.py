@@ -53,7 +53,7 @@ def run(server: str, orders: list[dict[str, Any]] = ORDERS, timeout_s: float = 6
 def _done(shop: Shop) -> bool:
     """Under the lock: every saga ended, shipped ones arrived, stock restored for the rest."""
     for order_id, saga in shop.sagas.items():
-        if saga.outcome == "pending" or saga.reserved and saga.payment is False:
+        if saga.outcome == "pending" or (saga.reserved and saga.payment is False):
             return False
         if saga.outcome == "shipping" and order_id not in shop.shipped:
             return False
@@ -63,7 +63,7 @@ def _done(shop: Shop) -> bool:
 
 def main(server: str) -> None:
     shop = run(server)
-    for order_id, saga in sorted(shop.sagas.items()):
+    for order_id, _saga in sorted(shop.sagas.items()):
         method = shop.shipped.get(order_id)
         ending = f"shipped ({method})" if method else "cancelled, stock released"
         print(f"order {order_id}: {ending}; gateway calls {shop.gateway_calls.get(order_id)}")

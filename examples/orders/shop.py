@@ -18,6 +18,7 @@ replaying ``order-events`` in a real deployment, or kept in the event store).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from dataclasses import dataclass, field
@@ -45,10 +46,8 @@ def declare_topology(server: str) -> None:
     """Topics, exchanges, bindings and queues; safe to run again."""
     with Admin(server) as admin:
         for topic in TOPICS:
-            try:
+            with contextlib.suppress(TopicExistsError):
                 admin.create_topic(topic, 2 if topic in ("payments", "inventory") else 1)
-            except TopicExistsError:
-                pass
     with Exchanges(server) as exchanges:
         exchanges.declare(ORDERS_EXCHANGE, "topic", partitions=2)
         exchanges.bind(ORDERS_EXCHANGE, "payments", pattern="order.placed.#")

@@ -36,7 +36,10 @@ def app(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
 def _values(address: str, topic: str) -> list[bytes]:
     with Consumer(address, auto_offset_reset="earliest") as consumer:
         consumer.assign_all(topic)
-        return [r.value or b"" for r in consumer.poll(timeout_ms=1000)]
+        values: list[bytes] = []
+        while batch := consumer.poll(timeout_ms=500):
+            values += [r.value or b"" for r in batch]
+        return values
 
 
 def test_saga_ships_paid_orders_and_compensates_failed_payments(
