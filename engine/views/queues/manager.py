@@ -528,8 +528,16 @@ class QueueManager:
         taken, failed = self._take(runtime, leases)
         with runtime.lock:
             for partition, items in taken.items():
+                ps = runtime.parts[partition]
                 for ref, _ in items:
-                    runtime.parts[partition].requeue(ref.offset)
+                    # the delivery is undone: the next one gets the same count, and a worker
+                    # that stops and gives back its prefetch uses up no attempts
+                    count = ps.counts.get(ref.offset, 0) - 1
+                    if count > 0:
+                        ps.counts[ref.offset] = count
+                    else:
+                        ps.counts.pop(ref.offset, None)
+                    ps.requeue(ref.offset)
         runtime.notify()
         released = tuple(ref for items in taken.values() for ref, _ in items)
         return LeaseResult(released, tuple(failed))
