@@ -234,6 +234,9 @@ class _Selection:
 
     def __init__(self, manager: QueueManager, message: queues_pb2.DeadLetterSelection) -> None:
         source = message.WhichOneof("source")
+        #: Selected by queue: its dead-letter topic is only created with the first letter, and
+        #: until then the queue simply has none (by topic, a missing topic is NOT_FOUND).
+        self.by_queue = source == "queue"
         if source == "queue":
             self.topic = manager.describe(message.queue).config.dead_letter_topic
         elif source == "dlq_topic" and message.dlq_topic:
@@ -287,6 +290,8 @@ class _Selection:
 def _list_dead_letters(manager: QueueManager, message: queues_pb2.ListDeadLettersRequest,
                        ) -> queues_pb2.ListDeadLettersResponse:
     selection = _Selection(manager, message.selection)
+    if selection.by_queue and not manager.has_topic(selection.topic):
+        return _pb.ListDeadLettersResponse()
     letters = manager.dead_letters(selection.topic, offsets=selection.offsets,
                                    predicate=selection.predicate,
                                    include_redriven=message.include_redriven,
@@ -297,6 +302,8 @@ def _list_dead_letters(manager: QueueManager, message: queues_pb2.ListDeadLetter
 def _redrive(manager: QueueManager, message: queues_pb2.RedriveRequest,
              ) -> queues_pb2.RedriveResponse:
     selection = _Selection(manager, message.selection)
+    if selection.by_queue and not manager.has_topic(selection.topic):
+        return _pb.RedriveResponse(dry_run=message.dry_run)
     result = manager.redrive(selection.topic, offsets=selection.offsets,
                              predicate=selection.predicate, dry_run=message.dry_run,
                              limit=selection.limit)

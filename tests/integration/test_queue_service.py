@@ -256,6 +256,13 @@ def test_dead_letters_after_max_deliveries_and_redrive(
     topic = new_topic(partitions=2)
     name = f"{topic}-q"
     declare(queues, name, topic, max_deliveries=2, backoff=Q.Backoff(initial_ms=0))
+    # before the first letter the queue's dead-letter topic does not exist: none, not an error
+    by_queue = Q.DeadLetterSelection(queue=name)
+    assert not queues.ListDeadLetters(Q.ListDeadLettersRequest(selection=by_queue)).dead_letters
+    assert not queues.Redrive(Q.RedriveRequest(selection=by_queue)).moved
+    code, _, _ = error_of(lambda: queues.ListDeadLetters(Q.ListDeadLettersRequest(
+        selection=Q.DeadLetterSelection(dlq_topic=f"{topic}.dlq"))))
+    assert code == _S.NOT_FOUND  # named explicitly, a missing topic is NOT_FOUND
     tag = [common_pb2.Header(key="tenant", value=b"acme")]
     produce(stubs, topic, [b"poison"], partition=1, headers=tag)
     produce(stubs, topic, [b"reject-me"], partition=0)

@@ -644,6 +644,10 @@ class QueueManager:
 
     # ------------------------------------------------------------------ dead letters
 
+    def has_topic(self, name: str) -> bool:
+        """Whether ``name`` exists (a dead-letter topic appears with its first letter)."""
+        return self._catalog.has_topic(name)
+
     def dead_letters(
         self,
         dlq_topic: str,
