@@ -15,7 +15,8 @@ import os
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 import grpc
 
@@ -29,6 +30,8 @@ from moldau.errors import (
 
 __all__ = [
     "DEFAULT_SERVER",
+    "AsyncClosing",
+    "BlockingTwin",
     "Credentials",
     "LoopThread",
     "call",
@@ -232,6 +235,60 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
+
+
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+_A = TypeVar("_A", bound=_Closable)
+
+
+class AsyncClosing:
+    """``async with`` for the asyncio clients: leaving the block awaits ``close()``."""
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class BlockingTwin(Generic[_A]):
+    """The blocking twin of an asyncio client ``_async``, whose coroutines run on ``_thread``.
+
+    Subclasses set both in ``__init__``; this gives them the same close and ``with`` behaviour.
+    """
+
+    _async: _A
+    _thread: LoopThread
+
+    def close(self) -> None:
+        """Close the client and stop its loop thread (idempotent)."""
+        try:
+            self._thread.run(self._async.close())
+        except ClientClosedError:
+            return
+        self._thread.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def connection_error(server: str, exc: MoldauError) -> MoldauError:

@@ -11,7 +11,6 @@ classes carrying the server's message (``TopicExistsError``, ``TopicNotFoundErro
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from types import TracebackType
 from typing import Any, Literal
 
 import grpc
@@ -20,6 +19,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from moldau._acl_admin import AclAdminMixin, AsyncAclAdminMixin
 from moldau._group_admin import AsyncGroupAdminMixin, GroupAdminMixin
 from moldau._runtime import (
+    AsyncClosing,
+    BlockingTwin,
     Credentials,
     LoopThread,
     call,
@@ -76,7 +77,7 @@ def _description(message: admin_pb2.TopicDescription) -> TopicDescription:
     )
 
 
-class AsyncAdmin(AsyncGroupAdminMixin, AsyncAclAdminMixin):
+class AsyncAdmin(AsyncGroupAdminMixin, AsyncAclAdminMixin, AsyncClosing):
     """Creates, inspects, reconfigures and deletes topics; inspects, resets and deletes groups;
     manages ACLs.
 
@@ -233,19 +234,9 @@ class AsyncAdmin(AsyncGroupAdminMixin, AsyncAclAdminMixin):
             await self._channel.close()
             self._channel = None
 
-    async def __aenter__(self) -> AsyncAdmin:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
-class Admin(GroupAdminMixin, AclAdminMixin):
+class Admin(GroupAdminMixin, AclAdminMixin, BlockingTwin[AsyncAdmin]):
     """The blocking twin of :class:`AsyncAdmin`; same arguments, same results."""
 
     _async: AsyncAdmin
@@ -300,21 +291,3 @@ class Admin(GroupAdminMixin, AclAdminMixin):
     ) -> list[PartitionOffset]:
         return self._thread.run(self._async.list_offsets(topic, spec, partitions))
 
-    def close(self) -> None:
-        """Close the channel and stop the loop thread (idempotent)."""
-        try:
-            self._thread.run(self._async.close())
-        except ClientClosedError:
-            return
-        self._thread.close()
-
-    def __enter__(self) -> Admin:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Iterable, Mapping, Sequence
-from types import TracebackType
 from typing import Any
 
 import grpc
@@ -58,6 +57,8 @@ from moldau._eventstore_wire import (
     set_expected,
 )
 from moldau._runtime import (
+    AsyncClosing,
+    BlockingTwin,
     Credentials,
     LoopThread,
     call,
@@ -79,7 +80,7 @@ AppendSpec = tuple[str, int, Sequence[EventData]]
 """``(stream, expected_version, events)``: one append of :meth:`EventStore.append_many`."""
 
 
-class AsyncEventStore:
+class AsyncEventStore(AsyncClosing):
     """Event-sourced streams over EventStoreService (see the module docstring).
 
     Args:
@@ -417,15 +418,9 @@ class AsyncEventStore:
             await self._channel.close()
             self._channel = None
 
-    async def __aenter__(self) -> AsyncEventStore:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        traceback: TracebackType | None) -> None:
-        await self.close()
 
 
-class EventStore:
+class EventStore(BlockingTwin[AsyncEventStore]):
     """The blocking twin of :class:`AsyncEventStore`: same arguments, same results.
 
     ``append_async`` and ``append_many_async`` return ``concurrent.futures.Future`` objects;
@@ -566,20 +561,6 @@ class EventStore:
 
         return Subscription(self._thread, self._thread.run(start()))
 
-    def close(self) -> None:
-        """Close the client and stop its loop thread (idempotent)."""
-        try:
-            self._thread.run(self._async.close())
-        except ClientClosedError:
-            return
-        self._thread.close()
-
-    def __enter__(self) -> EventStore:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self.close()
 
 
 def _concurrent(future: asyncio.Future[AppendResult]) -> concurrent.futures.Future[AppendResult]:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal
 
 import grpc
 
 from moldau._runtime import (
+    AsyncClosing,
+    BlockingTwin,
     Credentials,
     LoopThread,
     call,
@@ -153,7 +154,7 @@ def _binding_message(exchange: str, destination: str, pattern: str,
     return message
 
 
-class AsyncExchanges:
+class AsyncExchanges(AsyncClosing):
     """Declares, lists, describes and deletes exchanges; binds and unbinds destinations.
 
     Args:
@@ -292,19 +293,9 @@ class AsyncExchanges:
             await self._channel.close()
             self._channel = None
 
-    async def __aenter__(self) -> AsyncExchanges:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
-class Exchanges:
+class Exchanges(BlockingTwin[AsyncExchanges]):
     """The blocking twin of :class:`AsyncExchanges`; same arguments, same results."""
 
     def __init__(self, server: str | None = None, **options: Any) -> None:
@@ -362,21 +353,3 @@ class Exchanges:
     def list_bindings(self, exchange: str, destination: str = "") -> list[Binding]:
         return self._thread.run(self._async.list_bindings(exchange, destination))
 
-    def close(self) -> None:
-        """Close the channel and stop the loop thread (idempotent)."""
-        try:
-            self._thread.run(self._async.close())
-        except ClientClosedError:
-            return
-        self._thread.close()
-
-    def __enter__(self) -> Exchanges:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -14,7 +14,6 @@ Settlement methods take :class:`Message` objects (the queue comes with them) or 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from types import TracebackType
 from typing import Any
 
 import grpc
@@ -53,6 +52,8 @@ from moldau._queue_wire import (
     stats,
 )
 from moldau._runtime import (
+    AsyncClosing,
+    BlockingTwin,
     Credentials,
     LoopThread,
     call,
@@ -109,7 +110,7 @@ def _is_target(value: object) -> bool:
         isinstance(x, int) for x in value)
 
 
-class AsyncQueues:
+class AsyncQueues(AsyncClosing):
     """Declares, inspects and consumes work queues; lists and redrives dead letters.
 
     Args:
@@ -389,19 +390,9 @@ class AsyncQueues:
             await self._channel.close()
             self._channel = None
 
-    async def __aenter__(self) -> AsyncQueues:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
-class Queues:
+class Queues(BlockingTwin[AsyncQueues]):
     """The blocking twin of :class:`AsyncQueues`; same arguments, same results (without
     ``consume``: use :class:`moldau.worker.Worker` for a long-running consumer)."""
 
@@ -497,21 +488,3 @@ class Queues:
         return self._thread.run(
             self._async.schedule_retry(queue, records, error=error, topic=topic))
 
-    def close(self) -> None:
-        """Close the channel and stop the loop thread (idempotent)."""
-        try:
-            self._thread.run(self._async.close())
-        except ClientClosedError:
-            return
-        self._thread.close()
-
-    def __enter__(self) -> Queues:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
