@@ -11,6 +11,11 @@ have some is refused with RESOURCE_EXHAUSTED. An idle connection therefore holds
 the limit bounds the connections that cost the server work, which is what protects it. Calls
 per connection are bounded by HTTP/2 (``grpc.max_concurrent_streams``, set by the server from
 ``max_in_flight_per_connection``): the client queues the excess instead of failing.
+
+Bodies that do not parse: gRPC runs the request deserializer before any servicer, and its own
+answer to a parse failure is UNKNOWN (unary) or INTERNAL (streams), which tells the caller
+nothing. The interceptor therefore wraps each deserializer so a failure becomes a marker that
+the handler wrapper turns into INVALID_ARGUMENT naming the method and the expected message.
 """
 
 from __future__ import annotations
@@ -64,13 +69,13 @@ class CallContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc] 
         if log.isEnabledFor(logging.DEBUG):
             log.debug("call %s", handler_call_details.method)
         handler = await continuation(handler_call_details)
-        if handler is None or self.max_connections <= 0:
+        if handler is None:
             return handler
         method = handler_call_details.method
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = self._wrap(handler)
+        wrapped = self._wrap(handler, method)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
@@ -97,29 +102,37 @@ class CallContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc] 
         else:
             self._active[peer] = count
 
-    def _wrap(self, handler: Any) -> Any:
+    def _wrap(self, handler: Any, method: str) -> Any:
+        parse = _guarded(handler.request_deserializer, method)
         serializers = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": parse,
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary), **serializers
+                self._unary(handler.unary_unary, False), **serializers
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._streaming(handler.unary_stream), **serializers
+                self._streaming(handler.unary_stream, False), **serializers
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary), **serializers
+                self._unary(handler.stream_unary, True), **serializers
             )
         return grpc.stream_stream_rpc_method_handler(
-            self._streaming(handler.stream_stream), **serializers
+            self._streaming(handler.stream_stream, True), **serializers
         )
 
-    def _unary(self, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+    def _unary(
+        self, behavior: Callable[..., Awaitable[Any]], streamed: bool
+    ) -> Callable[..., Any]:
+        limited = self.max_connections > 0
+
         async def counted(request: Any, context: Any) -> Any:
+            request = await _checked(request, context, streamed)
+            if not limited:
+                return await behavior(request, context)
             peer = await self._enter(context)
             try:
                 return await behavior(request, context)
@@ -128,18 +141,74 @@ class CallContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc] 
 
         return counted
 
-    def _streaming(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    def _streaming(self, behavior: Callable[..., Any], streamed: bool) -> Callable[..., Any]:
         # gRPC tells streaming handlers by their function kind: an async generator yields the
         # responses; a coroutine function writes them with context.write (keep its kind)
         if not inspect.isasyncgenfunction(behavior):
-            return self._unary(behavior)
+            return self._unary(behavior, streamed)
+        limited = self.max_connections > 0
 
         async def counted(request: Any, context: Any) -> AsyncIterator[Any]:
-            peer = await self._enter(context)
+            request = await _checked(request, context, streamed)
+            peer = await self._enter(context) if limited else ""
             try:
                 async for response in behavior(request, context):
                     yield response
             finally:
-                self._leave(peer)
+                if limited:
+                    self._leave(peer)
 
         return counted
+
+
+class _Undecodable:
+    """Stands in for a request body that did not parse, so the handler can reject it."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _guarded(parse: Callable[[bytes], Any] | None, method: str) -> Callable[[bytes], Any] | None:
+    if parse is None:
+        return None
+    expected = getattr(getattr(parse, "__self__", None), "__name__", "the method's request")
+
+    def guarded(body: bytes) -> Any:
+        try:
+            return parse(body)
+        except Exception as exc:  # protobuf raises DecodeError, others may raise anything
+            return _Undecodable(
+                f"the request body of {method} is not a valid {expected} message ({exc}); "
+                "send the protobuf message the method declares in proto/"
+            )
+
+    return guarded
+
+
+async def _reject(context: Any, bad: _Undecodable) -> None:
+    await context.abort(
+        _S.INVALID_ARGUMENT,
+        bad.reason,
+        trailing_metadata=(
+            (ERROR_METADATA_KEY, "InvalidRequestError"),
+            (REQUEST_ID_KEY, REQUEST_ID.get()),
+        ),
+    )
+
+
+async def _checked(request: Any, context: Any, streamed: bool) -> Any:
+    """``request``, or for a request stream an iterator that rejects the first bad body."""
+    if not streamed:
+        if isinstance(request, _Undecodable):
+            await _reject(context, request)
+        return request
+
+    async def checked() -> AsyncIterator[Any]:
+        async for message in request:
+            if isinstance(message, _Undecodable):
+                await _reject(context, message)
+            yield message
+
+    return checked()

@@ -139,6 +139,8 @@ class PartitionLog:
         self._log_start_offset = self._compute_log_start_offset()
         self._high_watermark = self._next_offset
         self._read_only_reason: str | None = None
+        #: Lowest base offset of a segment a read found damaged: recovery must scan from it.
+        self._damaged_base: int | None = None
         self._pending_deletes: list[_PendingDelete] = []
         self.stats = LogStats()
         self._last_flush_monotonic = clock.monotonic()
@@ -217,7 +219,8 @@ class PartitionLog:
                 active = self._segments[-1]
                 active.offset_index.trim()
                 active.time_index.trim()
-                self._fileio.write_atomic(self.directory / CLEAN_SHUTDOWN_FILE, b"")
+                if self._damaged_base is None:  # else the next open must scan the damage
+                    self._fileio.write_atomic(self.directory / CLEAN_SHUTDOWN_FILE, b"")
             for segment in self._segments:
                 segment.close()
             for pending in self._pending_deletes:
@@ -450,6 +453,8 @@ class PartitionLog:
             self._advance_high_watermark(self._next_offset)
 
     def _write_checkpoint(self, recovery_point: int) -> None:
+        if self._damaged_base is not None:
+            recovery_point = min(recovery_point, self._damaged_base)
         self._fileio.write_atomic(
             self.directory / RECOVERY_CHECKPOINT_FILE, f"1\n{recovery_point}\n".encode()
         )
@@ -494,6 +499,9 @@ class PartitionLog:
             next_base = segments[i + 1].base_offset if i + 1 < len(segments) else None
             try:
                 data = self._read_segment(segment, offset, max_bytes, high_watermark, next_base)
+            except CorruptLogError:
+                self._damage_found(segment)
+                raise
             except OSError as exc:
                 if exc.errno == errno_codes.EBADF and not self._closed:
                     # the segment was deleted by retention while we read it
@@ -503,6 +511,23 @@ class PartitionLog:
                 self.stats.read_bytes += len(data)
                 return ReadResult(data, high_watermark, log_start)
         return ReadResult(b"", high_watermark, log_start)
+
+    def _damage_found(self, segment: LogSegment) -> None:
+        """Make the next open scan ``segment``: a sealed segment is trusted after a clean
+        shutdown, so without this a restart would never quarantine the damage, and a damaged
+        header claiming later offsets would hide the intact batches after it for good."""
+        with self._lock:
+            if self._closed or (
+                self._damaged_base is not None and self._damaged_base <= segment.base_offset
+            ):
+                return
+            self._damaged_base = segment.base_offset
+            log.error("partition %s: damaged segment %d found on read; the next start scans "
+                      "it", self.directory, segment.base_offset)
+            try:
+                self._write_checkpoint(self._segments[-1].base_offset)
+            except OSError as exc:  # the clean-shutdown marker is skipped all the same
+                log.error("cannot lower the recovery checkpoint: %s", exc)
 
     def _read_segment(
         self,

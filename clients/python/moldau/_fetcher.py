@@ -21,12 +21,13 @@ import asyncio
 import contextlib
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
+from moldau._feed import RequestFeed
 from moldau._runtime import open_channel
 from moldau._types import TopicPartition
 from moldau.errors import MoldauError, error_from_rpc
@@ -116,7 +117,7 @@ class _Stream:
         self.generation = generation
         self.offset = offset  # where the next push starts (after the last chunk received)
         self.unconsumed = 0  # bytes delivered but not yet granted back
-        self.credits: asyncio.Queue[int | None] = asyncio.Queue()
+        self.credits: asyncio.Queue[fetch_pb2.SubscribeRequest | None] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
 
 
@@ -166,7 +167,7 @@ class Fetcher:
         stream = self._streams.get(tp)
         if stream is not None and stream.generation == generation:
             stream.unconsumed -= size
-            stream.credits.put_nowait(size)
+            stream.credits.put_nowait(fetch_pb2.SubscribeRequest(credit_bytes=size))
 
     async def close(self) -> None:
         for tp in list(self._streams):
@@ -230,13 +231,6 @@ class Fetcher:
         else:
             start.offset = stream.offset
         stream.credits = asyncio.Queue()  # credit granted to a dead stream is in `credit` now
-
-        async def requests() -> AsyncIterator[fetch_pb2.SubscribeRequest]:
-            yield fetch_pb2.SubscribeRequest(start=start)
-            while True:
-                granted = await stream.credits.get()
-                if granted is None:
-                    return
-                yield fetch_pb2.SubscribeRequest(credit_bytes=granted)
-
-        return self._stub.Subscribe(requests())
+        return self._stub.Subscribe(
+            RequestFeed(stream.credits, fetch_pb2.SubscribeRequest(start=start))
+        )

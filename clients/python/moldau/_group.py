@@ -27,12 +27,13 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
+from moldau._feed import RequestFeed
 from moldau._runtime import call, connection_error
 from moldau._types import TopicPartition
 from moldau.errors import (
@@ -219,7 +220,8 @@ class GroupMembership:
         """Join and serve one stream; (whether it joined, the error that ended it)."""
         requests: asyncio.Queue[groups_pb2.GroupSubscribeRequest | None] = asyncio.Queue()
         self._requests = requests
-        stream = self._stub.Subscribe(self._request_stream(requests))
+        feed = self._request_feed(requests)
+        stream = self._stub.Subscribe(feed)
         joined = False
         try:
             async for response in stream:
@@ -242,13 +244,14 @@ class GroupMembership:
             return joined, error_from_rpc(exc)
         finally:
             self._requests = None
+            feed.close()
             stream.cancel()
 
-    async def _request_stream(
+    def _request_feed(
         self, requests: asyncio.Queue[groups_pb2.GroupSubscribeRequest | None]
-    ) -> AsyncIterator[groups_pb2.GroupSubscribeRequest]:
+    ) -> RequestFeed[groups_pb2.GroupSubscribeRequest]:
         settings = self.settings
-        yield _pb.GroupSubscribeRequest(
+        join = _pb.GroupSubscribeRequest(
             join=_pb.JoinGroup(
                 group=settings.group_id,
                 topics=list(settings.topics),
@@ -260,23 +263,9 @@ class GroupMembership:
                 rebalance_timeout_ms=settings.rebalance_timeout_ms,
             )
         )
-        getter: asyncio.Future[groups_pb2.GroupSubscribeRequest | None] | None = None
-        try:
-            while True:
-                # one pending get across heartbeats: cancelling a get could lose a request
-                if getter is None:
-                    getter = asyncio.ensure_future(requests.get())
-                done, _ = await asyncio.wait({getter}, timeout=self._heartbeat_s)
-                if getter in done:
-                    request, getter = getter.result(), None
-                else:
-                    request = self._ack_message()
-                if request is None:
-                    return  # half-close
-                yield request
-        finally:
-            if getter is not None:
-                getter.cancel()
+        return RequestFeed(
+            requests, join, idle_s=lambda: self._heartbeat_s, idle=self._ack_message
+        )
 
     def _ack_message(self) -> groups_pb2.GroupSubscribeRequest:
         return _pb.GroupSubscribeRequest(

@@ -19,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import grpc
 
+from moldau._feed import RequestFeed
 from moldau._queue_types import LeaseError, Message, NackResult
 from moldau._queue_wire import messages, nack_action, nack_result
 from moldau._runtime import connection_error
@@ -80,16 +80,9 @@ class ConsumeStream:
         """Start the call with ``credit`` records granted. Credit granted later travels with
         settlements, or alone once it reaches a quarter of this (or nothing is pending)."""
         self._credit_batch = max(1, credit // 4)
-        self._call = self._stub.Consume(self._request_iterator())
+        self._call = self._stub.Consume(RequestFeed(self._requests))
         self._requests.put_nowait(_pb.ConsumeRequest(start=self._start, credit=credit))
         self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._flush())]
-
-    async def _request_iterator(self) -> AsyncIterator[queues_pb2.ConsumeRequest]:
-        while True:
-            request = await self._requests.get()
-            if request is None:
-                return
-            yield request
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Send what is queued, wait for the answers, then end the call (idempotent).
