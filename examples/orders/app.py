@@ -8,9 +8,12 @@ import sys
 import time
 from typing import Any
 
+from history import Place, open_history
+from report import order_report, report
 from shop import PAYMENT_ATTEMPTS, Saga, Shop, build_worker, declare_topology, place_order
 
 from moldau import Producer, Queues
+from moldau.projections import ProjectionRunner
 
 ORDERS: list[dict[str, Any]] = [
     {"id": "1001", "region": "eu", "sku": "kettle", "quantity": 1, "card": "ok",
@@ -33,11 +36,13 @@ def run(server: str, orders: list[dict[str, Any]] = ORDERS, timeout_s: float = 6
     shop = Shop(stock=dict(STOCK))
     with shop.lock:
         shop.sagas.update({o["id"]: Saga(o) for o in orders})
-    with Producer(server) as producer:
-        worker = build_worker(server, shop, producer)
+    store, history = open_history(server)
+    with store, Producer(server) as producer:
+        worker = build_worker(server, shop, producer, history)
         worker.start()
         try:
             for order in orders:
+                history.dispatch(Place(order))
                 place_order(producer, order)
             producer.flush()
             deadline = time.monotonic() + timeout_s
@@ -47,6 +52,7 @@ def run(server: str, orders: list[dict[str, Any]] = ORDERS, timeout_s: float = 6
                         raise TimeoutError(f"orders still open: {shop.sagas}")
         finally:
             worker.stop()
+    ProjectionRunner(order_report, server).run(until_caught_up=True)
     return shop
 
 
@@ -68,6 +74,9 @@ def main(server: str) -> None:
         ending = f"shipped ({method})" if method else "cancelled, stock released"
         print(f"order {order_id}: {ending}; gateway calls {shop.gateway_calls.get(order_id)}")
     print(f"stock: {shop.stock}")
+    for row in report():
+        print(f"report {row['order_id']}: {row['status']}, payment {row['payment']} after "
+              f"{row['payment_attempts']}, stock {row['stock']}, {row['events']} events")
     with Queues(server) as queues:
         for letter in queues.dead_letters(queue="payments-work"):
             print(f"dead letter {letter.dlq_offset}: {letter.value!r} after {letter.attempts}"

@@ -12,8 +12,9 @@ Flow (every arrow is a topic, an exchange or a queue on the broker)::
 Each service is a handler of a :class:`moldau.Worker`; a handler that raises is retried with
 backoff by the queue, and a payment that fails ``PAYMENT_ATTEMPTS`` times is dead-lettered.
 The dead-letter topic is itself consumed by a queue, so the saga hears of the failure and
-releases the reserved stock. The saga keeps its per-order state in memory (rebuilt by
-replaying ``order-events`` in a real deployment, or kept in the event store).
+releases the reserved stock. The saga decides from its in-memory state; every step it learns
+of is also written to the order's event-sourced history (:mod:`history`), from which the
+order report (:mod:`report`) is built and can be rebuilt with ``moldau replay``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from history import Cancelled, PaymentResult, Shipped, StockReleased, StockReserved
+
 from moldau import Admin, Backoff, Exchanges, Message, Producer, Queues, RejectMessage, Worker
+from moldau.aggregate import CommandBus
 from moldau.errors import TopicExistsError
 
 ORDERS_EXCHANGE = "shop-orders"
@@ -105,8 +109,8 @@ def _event(producer: Producer, order_id: str, step: str, ok: bool, **extra: Any)
     producer.send("order-events", json.dumps(body).encode(), key=order_id.encode()).result()
 
 
-def build_worker(server: str, shop: Shop, producer: Producer) -> Worker:
-    """A worker with every service's handler registered."""
+def build_worker(server: str, shop: Shop, producer: Producer, history: CommandBus) -> Worker:
+    """A worker with every service's handler registered; ``history`` records each step."""
     worker = Worker(server, consumer="shop")
 
     @worker.handler("payments-work", concurrency=4)
@@ -124,12 +128,14 @@ def build_worker(server: str, shop: Shop, producer: Producer) -> Worker:
     def payment_failed(message: Message) -> None:
         order = json.loads(message.value or b"{}")
         error = (message.header("moldau.dlq.last-error") or b"").decode()
-        _event(producer, order["id"], "payment", False, error=error)
+        attempts = int(message.header("moldau.dlq.attempts") or b"0")
+        _event(producer, order["id"], "payment", False, error=error, attempts=attempts)
 
     @worker.handler("inventory-work", concurrency=2)
     def inventory(message: Message) -> None:
         order = json.loads(message.value or b"{}")
         if message.header("command") == b"release":
+            history.dispatch(StockReleased(order["id"]))
             with shop.lock:
                 shop.stock[order["sku"]] += order["quantity"]
                 shop.finished.notify_all()
@@ -143,6 +149,11 @@ def build_worker(server: str, shop: Shop, producer: Producer) -> Worker:
     @worker.handler("saga")
     def saga(message: Message) -> None:
         event = json.loads(message.value or b"{}")
+        if event["step"] == "payment":
+            history.dispatch(PaymentResult(event["order"], event["ok"], event.get("attempts", 0),
+                                           event.get("error", "")))
+        else:
+            history.dispatch(StockReserved(event["order"]))
         with shop.lock:
             state = shop.sagas[event["order"]]
             if event["step"] == "payment":
@@ -150,6 +161,9 @@ def build_worker(server: str, shop: Shop, producer: Producer) -> Worker:
             else:
                 state.reserved = True
             decision = _decide(state)
+            cancelled = state.outcome == "cancelled"
+        if cancelled:  # recorded once: the history ignores a second cancellation
+            history.dispatch(Cancelled(state.order["id"], "payment failed"))
         if decision == "ship":
             order = state.order
             producer.send(SHIPPING_EXCHANGE, json.dumps(order).encode(),
@@ -166,6 +180,7 @@ def build_worker(server: str, shop: Shop, producer: Producer) -> Worker:
         @worker.handler(f"ship-{method}")
         def ship(message: Message, method: str = method) -> None:
             order = json.loads(message.value or b"{}")
+            history.dispatch(Shipped(order["id"], method))
             with shop.lock:
                 shop.shipped[order["id"]] = method
                 shop.finished.notify_all()

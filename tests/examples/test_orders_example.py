@@ -1,9 +1,12 @@
 """examples/orders against a real server: routing to payments and inventory, the saga, the
-retried payment, the compensated order and the failed payment in the dead-letter topic."""
+retried payment, the compensated order, the failed payment in the dead-letter topic, and the
+event-sourced order histories with their report rebuilt by ``moldau replay``."""
 
 from __future__ import annotations
 
 import importlib
+import io
+import sqlite3
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +15,8 @@ from types import ModuleType
 import pytest
 
 from grpc_api.testing import ServerProcess
-from moldau import Consumer, Exchanges, Queues
+from moldau import Consumer, EventStore, Exchanges, Queues
+from moldau.cli import main as moldau_main
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "orders"
 
@@ -23,13 +27,18 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
         yield running
 
 
+MODULES = ("history", "report", "shop", "app")
+
+
 @pytest.fixture
-def app(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    monkeypatch.setenv("ORDER_REPORT_DB", str(tmp_path / "order-report.db"))
     monkeypatch.syspath_prepend(str(EXAMPLE))
-    for name in ("shop", "app"):
+    monkeypatch.chdir(tmp_path)
+    for name in MODULES:
         sys.modules.pop(name, None)
     yield importlib.import_module("app")
-    for name in ("shop", "app"):
+    for name in MODULES:
         sys.modules.pop(name, None)
 
 
@@ -70,3 +79,44 @@ def test_saga_ships_paid_orders_and_compensates_failed_payments(
     assert shipped == {"shipping-standard": [b"1001", b"1004"], "shipping-express": [b"1002"]}
     inventory = _values(server.address, "inventory")
     assert len(inventory) == 7  # five reservations and two releases
+
+
+def _report(path: Path) -> list[tuple[object, ...]]:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT * FROM order_report ORDER BY order_id").fetchall()
+
+
+def test_order_histories_and_the_report_rebuilt_by_replay(
+        server: ServerProcess, app: ModuleType, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    app.main(server.address)
+    printed = capsys.readouterr().out
+    assert "report 1004: shipped, payment paid after 2, stock reserved, 4 events" in printed
+    assert "report 1003: cancelled, payment failed after 3, stock released, 5 events" in printed
+    history = sys.modules["history"]
+    with EventStore(server.address, topic=history.TOPIC) as store:
+        types = {order: [e.type for e in store.read_stream(f"order-{order}")]
+                 for order in ("1001", "1005")}
+        # each step once, in the order the saga learnt of it; redeliveries added nothing
+        assert types["1001"][0] == "OrderPlaced"
+        assert sorted(types["1001"][1:3]) == ["PaymentSucceeded", "StockReserved"]
+        assert types["1001"][3:] == ["OrderShipped"]
+        assert types["1005"][0] == "OrderPlaced"
+        assert set(types["1005"]) == {"OrderPlaced", "PaymentFailed", "StockReserved",
+                                      "OrderCancelled", "StockReleased"}
+        assert len(types["1005"]) == 5
+        assert types["1005"].index("StockReleased") > types["1005"].index("StockReserved")
+    sys.modules["report"].order_report.store.close()
+    db = tmp_path / "order-report.db"
+    live = _report(db)
+    assert [(row[0], row[3], row[4], row[6]) for row in live] == [
+        ("1001", "shipped", "paid", "reserved"), ("1002", "shipped", "paid", "reserved"),
+        ("1003", "cancelled", "failed", "released"), ("1004", "shipped", "paid", "reserved"),
+        ("1005", "cancelled", "failed", "released")]
+
+    out, err = io.StringIO(), io.StringIO()
+    code = moldau_main(["replay", "--projection", "report:order_report", "--server",
+                        server.address], stdout=out, stderr=err)
+    assert code == 0, err.getvalue()
+    assert _report(db) == live  # the rebuilt read model equals the one built live
+    assert "replayed 22 events" in err.getvalue()
