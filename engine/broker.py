@@ -343,17 +343,20 @@ class Broker:
         return any(other.replace(".", "_") == folded for other in self._topics)
 
     def delete_topic(self, name: str) -> None:
+        # short unique names: "<topic>-<n>.deleted" could pass the 255-byte name limit
         with self._lock:
             topic = self._topics.pop(name, None)
             if topic is None:
                 raise UnknownTopicError(name)
             self._write_metadata()
-        # short unique names: "<topic>-<n>.deleted" could pass the 255-byte name limit
-        doomed = [self.data_dir / f"{uuid.uuid4().hex}{DELETED_SUFFIX}" for _ in topic.partitions]
-        for partition, target in zip(topic.partitions, doomed, strict=True):
-            partition.abandon()
-            os.replace(partition.directory, target)
-        self._fileio.fsync_dir(self.data_dir)
+            doomed = [self.data_dir / f"{uuid.uuid4().hex}{DELETED_SUFFIX}"
+                      for _ in topic.partitions]
+            # moved aside under the lock: a create of the same name right after must find
+            # no directory, not open the old data or lose its directory to this rename
+            for partition, target in zip(topic.partitions, doomed, strict=True):
+                partition.abandon()
+                os.replace(partition.directory, target)
+            self._fileio.fsync_dir(self.data_dir)
         for target in doomed:
             shutil.rmtree(target)
 

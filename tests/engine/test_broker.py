@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,41 @@ def test_delete_topic_removes_data(tmp_path: Path) -> None:
             broker.delete_topic("gone")
         broker.create_topic("gone", 1)  # the name is free again, with an empty log
         assert broker.partition("gone", 0).log_end_offset == 0
+
+
+def test_create_racing_delete_of_the_same_name(tmp_path: Path) -> None:
+    """Found by the gRPC fuzzer: a create right after a delete of the same name opened the
+    old directory while the delete was moving it aside (FileNotFoundError, or the new topic
+    on the old data)."""
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    with open_broker(tmp_path) as broker:
+
+        def churn(create: bool) -> None:
+            while not stop.is_set():
+                try:
+                    if create:
+                        broker.create_topic("race", 2)
+                        broker.append("race", 0, make_batch(3))
+                    else:
+                        broker.delete_topic("race")
+                except (TopicExistsError, UnknownTopicError, UnknownPartitionError):
+                    pass
+                except Exception as exc:  # collected: the test fails on any
+                    errors.append(exc)
+                    stop.set()
+
+        threads = [threading.Thread(target=churn, args=(n % 2 == 0,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        stop.wait(2.0)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+        if broker.has_topic("race"):  # a surviving topic holds only its own appends
+            assert broker.partition("race", 0).log_end_offset % 3 == 0
+            assert broker.partition("race", 1).log_end_offset == 0
 
 
 def test_data_directory_is_locked(tmp_path: Path) -> None:
