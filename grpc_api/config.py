@@ -32,6 +32,7 @@ from engine.security.acls import validate_principal
 __all__ = ["ConfigError", "ServerConfig", "is_loopback", "load_config", "parse_listen"]
 
 _MIB = 1024 * 1024
+_GIB = 1024 * _MIB
 _ENV_PREFIX = "MOLDAU_"
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _ANONYMOUS_CHOICES = ("auto", "true", "false")
@@ -70,6 +71,10 @@ class ServerConfig:
         max_partitions: Partitions over all topics.
         metrics_listen: ``HOST:PORT`` of the Prometheus ``/metrics`` endpoint; empty (the
             default) serves none.
+        disk_free_alert_bytes: Free space on the data directory's file system below which
+            ``moldau_disk_low`` is 1 and a WARNING is logged (0: no byte threshold).
+        disk_free_alert_percent: The same as a percentage of the file system's size; the
+            larger of the two thresholds applies (0: no percentage threshold; both 0: off).
         topic_defaults: Config overrides applied to every topic unless the topic sets its own.
         tls_cert_file: PEM server certificate (chain); with ``tls_key_file`` the port speaks TLS.
         tls_key_file: PEM private key of ``tls_cert_file``.
@@ -107,6 +112,8 @@ class ServerConfig:
     max_partitions_per_topic: int = 10_000
     max_partitions: int = 100_000
     metrics_listen: str = ""
+    disk_free_alert_bytes: int = 1 * _GIB
+    disk_free_alert_percent: float = 5.0
     topic_defaults: Mapping[str, str] = field(default_factory=dict)
     tls_cert_file: str = ""
     tls_key_file: str = ""
@@ -133,9 +140,13 @@ class ServerConfig:
                      "max_partitions_per_topic", "max_partitions"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_wait_ms", "shutdown_grace_ms", "max_connections"):
+        for name in ("max_wait_ms", "shutdown_grace_ms", "max_connections",
+                     "disk_free_alert_bytes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not 0 <= self.disk_free_alert_percent <= 100:  # NaN fails this too
+            raise ConfigError("disk_free_alert_percent must be from 0 to 100, got "
+                              f"{self.disk_free_alert_percent}")
         if self.log_level.upper() not in _LOG_LEVELS:
             raise ConfigError(
                 f"log_level must be one of {', '.join(_LOG_LEVELS)}, got {self.log_level!r}"
@@ -277,6 +288,13 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     if name == "super_users" and isinstance(value, list):
         return ",".join(str(item) for item in value)
     default = _FIELDS[name].default
+    if isinstance(default, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{source}: {name} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source}: {name} must be a number, got {value!r}") from None
     if isinstance(default, int):
         if isinstance(value, bool):
             raise ConfigError(f"{source}: {name} must be an integer, got {value!r}")

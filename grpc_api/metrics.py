@@ -5,7 +5,8 @@ Two kinds of metrics:
 - **Pulled at scrape time** by :class:`BrokerCollector`: per partition offsets, sizes,
   segment counts and the engine's own counters (:class:`~engine.log.stats.LogStats`: records
   and bytes in, bytes out, fsync latency), consumer-group lag, queue depth and outcomes,
-  routing progress per exchange, disk usage. Nothing is updated
+  routing progress per exchange, disk usage and the free-space alert
+  (:mod:`grpc_api.disk_space`). Nothing is updated
   on the hot path for these; a scrape walks the partitions (microseconds each).
 - **Observed per call**: RPC latency and outcome by method and status code, recorded by the
   error-translation decorators every servicer method already goes through
@@ -18,7 +19,6 @@ Each server has its own registry, so tests can run several servers in one proces
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,10 +34,11 @@ from prometheus_client.registry import Collector
 from engine.errors import EngineError
 from engine.log.stats import FSYNC_BUCKETS_S
 from grpc_api.config import parse_listen
+from grpc_api.disk_space import DiskSpaceMonitor
 from grpc_api.errors import set_rpc_observer
 from grpc_api.runtime import Runtime
 
-__all__ = ["BrokerCollector", "RpcMetrics", "start_metrics"]
+__all__ = ["BrokerCollector", "MetricsServer", "RpcMetrics", "start_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,9 @@ class RpcMetrics:
 class BrokerCollector(Collector):
     """Reads the broker's state when Prometheus scrapes."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, disk: DiskSpaceMonitor | None = None) -> None:
         self._runtime = runtime
+        self._disk = disk or DiskSpaceMonitor.from_config(runtime.config)
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -95,11 +97,22 @@ class BrokerCollector(Collector):
         yield from self._groups()
         yield from self._queues()
         yield from self._exchanges()
-        usage = shutil.disk_usage(broker.data_dir)
+        yield from self._disk_space()
+
+    def _disk_space(self) -> Iterator[Metric]:
+        space = self._disk.check()
+        if space is None:  # the file system cannot be read: report nothing rather than 0
+            return
         yield GaugeMetricFamily("moldau_disk_free_bytes", "Free bytes on the data directory's "
-                                "file system", value=usage.free)
+                                "file system", value=space.free_bytes)
         yield GaugeMetricFamily("moldau_disk_total_bytes", "Size of the data directory's "
-                                "file system", value=usage.total)
+                                "file system", value=space.total_bytes)
+        yield GaugeMetricFamily("moldau_disk_free_alert_threshold_bytes", "Free bytes below "
+                                "which moldau_disk_low is 1 (0: the alert is off)",
+                                value=space.threshold_bytes)
+        yield GaugeMetricFamily("moldau_disk_low", "1 while free space is below the alert "
+                                "threshold (disk_free_alert_bytes / disk_free_alert_percent)",
+                                value=1 if space.low else 0)
 
     def _partitions(self, broker: Any) -> Iterator[Metric]:
         labels = ["topic", "partition"]
@@ -263,18 +276,34 @@ def _bound(value: float) -> str:
     return "+Inf" if value == float("inf") else repr(value)
 
 
-def start_metrics(runtime: Runtime, listen: str) -> tuple[Any, int]:
-    """Serve ``/metrics`` on ``listen`` (``HOST:PORT``; port 0 picks one).
+class MetricsServer:
+    """The ``/metrics`` HTTP server and the free-space checks that run beside it."""
+
+    def __init__(self, http: Any, disk: DiskSpaceMonitor) -> None:
+        self._http = http
+        self.disk = disk
+        self.server_port = int(http.server_port)
+
+    def shutdown(self) -> None:
+        self.disk.stop()
+        self._http.shutdown()
+
+
+def start_metrics(runtime: Runtime, listen: str) -> tuple[MetricsServer, int]:
+    """Serve ``/metrics`` on ``listen`` (``HOST:PORT``; port 0 picks one) and start checking
+    free disk space against the alert threshold.
 
     Returns:
-        The HTTP server (call ``shutdown()`` to stop it) and the bound port.
+        The server (call ``shutdown()`` to stop it) and the bound port.
 
     Raises:
         OSError: the address cannot be bound.
     """
     host, port = parse_listen(listen)
+    disk = DiskSpaceMonitor.from_config(runtime.config)
     registry = CollectorRegistry()
-    registry.register(BrokerCollector(runtime))
+    registry.register(BrokerCollector(runtime, disk))
     set_rpc_observer(RpcMetrics(registry).observe)
-    server, _thread = start_http_server(port, addr=host, registry=registry)
-    return server, int(server.server_port)
+    http, _thread = start_http_server(port, addr=host, registry=registry)
+    disk.start()
+    return MetricsServer(http, disk), int(http.server_port)

@@ -42,6 +42,7 @@ from grpc_api.admin import AdminServicer
 from grpc_api.auth import Security
 from grpc_api.callctx import CallContextInterceptor
 from grpc_api.config import ConfigError, ServerConfig, load_config
+from grpc_api.disk_space import DiskSpaceMonitor
 from grpc_api.eventstore import EventStoreServicer
 from grpc_api.exchanges import ExchangeServicer
 from grpc_api.fetch import FetchServicer, add_fetch_service
@@ -208,15 +209,27 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     return 0
 
 
+class _DiskChecksOnly:
+    """Without a metrics endpoint the free-space checks still run, so the WARNING comes."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.disk = DiskSpaceMonitor.from_config(runtime.config)
+        self.disk.start()
+
+    def shutdown(self) -> None:
+        self.disk.stop()
+
+
 def _start_metrics(runtime: Runtime, config: ServerConfig) -> Any:
-    """The metrics HTTP server, or None when off or the port is taken (the broker runs on)."""
+    """The metrics HTTP server (or, when off or the port is taken, the free-space checks
+    alone: the broker runs on either way); ``shutdown()`` stops what was started."""
     if not config.metrics_listen:
-        return None
+        return _DiskChecksOnly(runtime)
     try:
         metrics_server, port = start_metrics(runtime, config.metrics_listen)
     except OSError as exc:
         log.warning("metrics disabled: cannot listen on %s: %s", config.metrics_listen, exc)
-        return None
+        return _DiskChecksOnly(runtime)
     host = config.metrics_listen.rpartition(":")[0]
     # stderr: stdout's first line is the "serving on" line that scripts and tests wait for
     print(f"moldau metrics on http://{host}:{port}/metrics", file=sys.stderr, flush=True)
