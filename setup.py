@@ -6,13 +6,15 @@ loops that the extension mirrors do the work.
 
 from setuptools import Extension, setup
 
+_FLAGS = ["-O2", "-Wall", "-Werror=implicit-function-declaration"]
+
 setup(
     ext_modules=[
-        Extension(
-            "engine.views.routing._creframe",
-            ["engine/views/routing/_creframe.c"],
-            extra_compile_args=["-O2", "-Wall", "-Werror=implicit-function-declaration"],
-            optional=True,
-        )
+        Extension("engine.records._crecords", ["engine/records/_crecords.c"],
+                  extra_compile_args=_FLAGS, optional=True),
+        Extension("engine.views.routing._creframe", ["engine/views/routing/_creframe.c"],
+                  extra_compile_args=_FLAGS, optional=True),
+        Extension("moldau._creplay", ["clients/python/moldau/_creplay.c"],
+                  extra_compile_args=_FLAGS, optional=True),
     ]
 )

@@ -16,6 +16,9 @@ events (no ``es.version``/``es.type``, control records such as ``$deleted``) are
 skipped.
 
 The batch CRC is not checked here: the consumer checks it when a chunk arrives.
+
+The loop also exists in C (``_creplay.c``, built at install when a compiler is there), several
+times faster; :func:`_decode` below is the reference it is tested against and the fallback.
 """
 
 from __future__ import annotations
@@ -29,6 +32,13 @@ from engine.records import decode_varint as _varint
 from engine.records import decode_varlong as _varlong
 from moldau.errors import CorruptRecordError
 
+try:
+    from moldau import _creplay
+
+    NATIVE = True
+except ImportError:  # not built (no compiler at install): the Python loop decodes
+    NATIVE = False
+
 __all__ = ["StoredEvent", "decode_events", "stream_matcher"]
 
 _MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
@@ -37,13 +47,13 @@ _HEADER_SLOTS = {b"es.version": 0, b"es.id": 1, b"es.type": 2, b"es.type_version
 _VARINT = rb"(?:[\x00-\x7f]|[\x80-\xff]{1,4}[\x00-\x7f])"
 # The headers exactly as the event store writes them (count, then each key length, key, value
 # length, value; see the module docstring), matched in C by one call. The key lengths are
-# literal bytes (zig-zag: "es.version" is 10 -> 0x14). The type's own length is checked after
-# the match, so a type containing the next key's bytes cannot be split wrongly; any record
-# that does not match takes the slow path (:func:`_headers`).
+# literal bytes (zig-zag: "es.version" is 10 -> 0x14). The header count and every value's
+# declared length are checked after the match, so the fast path takes exactly the records
+# the slow path (:func:`_headers`) reads the same way; any other record takes the slow path.
 _ES_HEADERS = re.compile(
-    rb"[\x08\x0a]\x14es\.version[\x02-\x28](\d{1,19})\x0aes\.id\x48([0-9a-f-]{36})"
+    rb"([\x08\x0a])\x14es\.version([\x02-\x28])(\d{1,19})\x0aes\.id\x48([0-9a-f-]{36})"
     rb"\x0ees\.type([\x02-\x7e]|[\x80-\xff][\x00-\x7f])(.+?)"
-    rb"\x1ees\.type_version[\x02-\x14](\d{1,9})"
+    rb"\x1ees\.type_version([\x02-\x14])(\d{1,9})"
     rb"(?:\x16es\.metadata" + _VARINT + rb"(.*))?",
     re.DOTALL,
 )
@@ -112,6 +122,12 @@ def decode_events(
         buf, pos, limit = data, position + RECORDS_OFFSET, position + size
     append_time = header.max_timestamp if header.attributes & 0x08 else None
     try:
+        if NATIVE:
+            skipped: int = _creplay.decode(
+                buf, pos, limit, header.record_count, header.base_offset,
+                header.base_timestamp, append_time, topic, partition, first_offset, out,
+                matcher, StoredEvent)
+            return skipped
         return _decode(buf, pos, limit, header.record_count, header.base_offset,
                        header.base_timestamp, append_time, topic, partition, first_offset,
                        out, matcher)
@@ -194,11 +210,18 @@ def _decode(
         pos += vlen
         found = match_headers(buf, pos, end)
         if found is not None:
-            version, event_id, type_length, type_bytes, type_version, metadata = found.groups()
+            (count_byte, version_length, version, event_id, type_length, type_bytes,
+             type_version_length, type_version, metadata) = found.groups()
             byte = type_length[0]
-            if len(type_bytes) != (
-                byte >> 1 if byte < 0x80 else ((byte & 0x7F) | (type_length[1] << 7)) >> 1
-            ) or (metadata is not None and not _metadata_fits(buf, found.start(6), end)):
+            zigzag = byte if byte < 0x80 else (byte & 0x7F) | (type_length[1] << 7)
+            byte, tv_byte = version_length[0], type_version_length[0]
+            if (len(type_bytes) != (zigzag >> 1) ^ -(zigzag & 1)
+                    or len(version) != (byte >> 1) ^ -(byte & 1)
+                    or len(type_version) != (tv_byte >> 1) ^ -(tv_byte & 1)
+                    or (count_byte == b"\x0a") != (metadata is not None)
+                    or type_bytes[:1] == b"$"
+                    or (metadata is not None
+                        and not _metadata_fits(buf, found.start(9), end))):
                 found = None
         if found is None:
             fields = _headers(buf, pos, end)
