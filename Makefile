@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: run test lint typecheck unit bench clean
 
-$(STAMP): pyproject.toml setup.py $(wildcard engine/*/*.c engine/*/*/*.c clients/python/moldau/*.c)
+$(STAMP): pyproject.toml setup.py $(wildcard engine/*/*.[ch] engine/*/*/*.c clients/python/moldau/*.c)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'

@@ -7,14 +7,16 @@ loops that the extension mirrors do the work.
 from setuptools import Extension, setup
 
 _FLAGS = ["-O2", "-Wall", "-Werror=implicit-function-declaration"]
+_SHARED = "engine/records/_native.h"  # varints and exact sums, included by each module
 
 setup(
     ext_modules=[
-        Extension("engine.records._crecords", ["engine/records/_crecords.c"],
-                  extra_compile_args=_FLAGS, optional=True),
-        Extension("engine.views.routing._creframe", ["engine/views/routing/_creframe.c"],
-                  extra_compile_args=_FLAGS, optional=True),
-        Extension("moldau._creplay", ["clients/python/moldau/_creplay.c"],
-                  extra_compile_args=_FLAGS, optional=True),
+        Extension(name, [source], include_dirs=["engine/records"], depends=[_SHARED],
+                  extra_compile_args=_FLAGS, optional=True)
+        for name, source in (
+            ("engine.records._crecords", "engine/records/_crecords.c"),
+            ("engine.views.routing._creframe", "engine/views/routing/_creframe.c"),
+            ("moldau._creplay", "clients/python/moldau/_creplay.c"),
+        )
     ]
 )

@@ -11,44 +11,12 @@
  * record ending exactly where its length says.  A read past the buffer is a rejection (the
  * Python loop's IndexError).
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
+#include "_native.h"
 
 #define MIN_RECORD_BODY 6
 
-/* Zigzag varint at d[*pos]: at most max_bytes bytes, the unsigned value below 2**bits.
- * Returns 0 and advances *pos, or -1. */
-static int
-zigzag(const unsigned char *d, Py_ssize_t size, Py_ssize_t *pos, int max_bytes, int bits,
-       int64_t *out)
-{
-    uint64_t value = 0;
-    Py_ssize_t p = *pos;
-    for (int i = 0; i < max_bytes; i++) {
-        if (p >= size) {
-            return -1;
-        }
-        uint64_t byte = d[p++];
-        int shift = 7 * i;
-        uint64_t part = byte & 0x7F;
-        if (shift + 7 > bits && (part >> (bits - shift)) != 0) {
-            /* bits at or above `bits`: Python's "does not fit" (or, for a continued byte,
-             * a value that can only grow: it fails on the fit check or on the length) */
-            return -1;
-        }
-        value |= part << shift;
-        if (byte < 0x80) {
-            *pos = p;
-            *out = (int64_t)(value >> 1) ^ -(int64_t)(value & 1);
-            return 0;
-        }
-    }
-    return -1;
-}
-
 #define VARINT(target)                                              \
-    if (zigzag(d, size, &pos, 5, 32, &(target)) < 0) {              \
+    if (moldau_zigzag(d, size, &pos, 5, 32, &(target)) != ZIGZAG_OK) {              \
         return 0;                                                   \
     }
 
@@ -100,7 +68,7 @@ records_ok(const unsigned char *d, Py_ssize_t size, Py_ssize_t count, long long 
         }
         Py_ssize_t end = pos + (Py_ssize_t)length;
         pos += 1; /* attributes: not checked, as in the Python loop */
-        if (zigzag(d, size, &pos, 10, 64, &ts_delta) < 0) {
+        if (moldau_zigzag(d, size, &pos, 10, 64, &ts_delta) != ZIGZAG_OK) {
             return 0;
         }
         VARINT(delta);

@@ -11,9 +11,7 @@
  * only a shortcut to the same result).  Any malformed input raises ValueError; the caller
  * turns it into CorruptRecordError.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
+#include "_native.h"
 #include <string.h>
 
 typedef struct {
@@ -28,33 +26,22 @@ fail(const char *what)
     return -1;
 }
 
-/* engine.records.decode_varint / decode_varlong: signed zigzag, at most max_bytes bytes,
- * the unsigned value below 2**bits. */
+/* engine.records.decode_varint / decode_varlong, raising ValueError as they raise */
 static int
 varint(const Buf *b, Py_ssize_t pos, int max_bytes, int bits, int64_t *value, Py_ssize_t *next)
 {
-    if (pos < 0) {
-        return fail("varint position is negative");
+    Py_ssize_t at = pos;
+    switch (moldau_zigzag(b->d, b->n, &at, max_bytes, bits, value)) {
+    case ZIGZAG_OK:
+        *next = at;
+        return 0;
+    case ZIGZAG_TRUNCATED:
+        return fail(pos < 0 ? "varint position is negative" : "varint is truncated");
+    case ZIGZAG_TOO_BIG:
+        return fail("varint does not fit");
+    default:
+        return fail("varint is too long");
     }
-    uint64_t result = 0;
-    for (int i = 0; i < max_bytes; i++) {
-        if (pos >= b->n) {
-            return fail("varint is truncated");
-        }
-        uint64_t byte = b->d[pos++];
-        int shift = 7 * i;
-        uint64_t part = byte & 0x7F;
-        if (shift + 7 > bits && (part >> (bits - shift)) != 0) {
-            return fail("varint does not fit");
-        }
-        result |= part << shift;
-        if (byte < 0x80) {
-            *value = (int64_t)(result >> 1) ^ -(int64_t)(result & 1);
-            *next = pos;
-            return 0;
-        }
-    }
-    return fail("varint is too long");
 }
 
 static int
@@ -196,20 +183,6 @@ decimal(const Buf *b, Py_ssize_t start, Py_ssize_t stop)
     return value;
 }
 
-static PyObject *
-sum(long long a, int64_t b)
-{
-    long long total;
-    if (!__builtin_add_overflow(a, (long long)b, &total)) {
-        return PyLong_FromLongLong(total);
-    }
-    PyObject *left = PyLong_FromLongLong(a), *right = PyLong_FromLongLong((long long)b);
-    PyObject *result = left && right ? PyNumber_Add(left, right) : NULL;
-    Py_XDECREF(left);
-    Py_XDECREF(right);
-    return result;
-}
-
 typedef struct {
     PyObject *topic, *partition, *out, *matcher, *event_type, *append_time, *names;
     long long base_offset, base_ts, first_offset;
@@ -287,10 +260,10 @@ emit(Context *c, const Buf *b, Py_ssize_t key_start, Py_ssize_t klen, int64_t de
         switch (built) {
         case 0: field = Py_NewRef(c->topic); break;
         case 1: field = Py_NewRef(c->partition); break;
-        case 2: field = sum(c->base_offset, delta); break;
+        case 2: field = moldau_exact_sum(c->base_offset, delta); break;
         case 3:
             field = c->append_time != Py_None ? Py_NewRef(c->append_time)
-                                              : sum(c->base_ts, ts_delta);
+                                              : moldau_exact_sum(c->base_ts, ts_delta);
             break;
         case 4: field = Py_NewRef(c->last_stream); break;
         case 5: field = decimal(b, spans[VERSION][0], spans[VERSION][1]); break;

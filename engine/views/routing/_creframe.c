@@ -9,33 +9,8 @@
  * malformed raises the exception that the Python ``bad(index, reason)`` callable returns
  * (an InvalidBatchError), never reads past the buffer.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
+#include "_native.h"
 #include <string.h>
-
-/* Zigzag varint of at most `max_bytes` bytes from d[*pos .. limit). 0 ok, -1 truncated,
- * -2 too long. */
-static int
-read_zigzag(const unsigned char *d, Py_ssize_t limit, Py_ssize_t *pos, int max_bytes,
-            int64_t *out)
-{
-    uint64_t value = 0;
-    Py_ssize_t p = *pos;
-    for (int i = 0; i < max_bytes; i++) {
-        if (p >= limit) {
-            return -1;
-        }
-        unsigned char byte = d[p++];
-        value |= (uint64_t)(byte & 0x7F) << (7 * i);
-        if (!(byte & 0x80)) {
-            *pos = p;
-            *out = (int64_t)(value >> 1) ^ -(int64_t)(value & 1);
-            return 0;
-        }
-    }
-    return -2;
-}
 
 static int
 zigzag_size(int64_t value)
@@ -61,21 +36,6 @@ write_zigzag(unsigned char *out, int64_t value)
     return out;
 }
 
-/* a + b as a Python int, exact also where int64 would overflow (as Python computes it) */
-static PyObject *
-exact_sum(long long a, int64_t b)
-{
-    long long sum;
-    if (!__builtin_add_overflow(a, (long long)b, &sum)) {
-        return PyLong_FromLongLong(sum);
-    }
-    PyObject *left = PyLong_FromLongLong(a), *right = PyLong_FromLongLong((long long)b);
-    PyObject *result = left && right ? PyNumber_Add(left, right) : NULL;
-    Py_XDECREF(left);
-    Py_XDECREF(right);
-    return result;
-}
-
 static void
 raise_bad(PyObject *bad, Py_ssize_t index, const char *reason)
 {
@@ -88,9 +48,11 @@ raise_bad(PyObject *bad, Py_ssize_t index, const char *reason)
 
 #define FIELD(bytes_max, target, what)                                              \
     do {                                                                            \
-        int rc_ = read_zigzag(d, end, &pos, (bytes_max), &(target));               \
-        if (rc_ != 0) {                                                             \
-            raise_bad(bad, index, rc_ == -1 ? "truncated" : what " varint is too long"); \
+        int rc_ = moldau_zigzag(d, end, &pos, (bytes_max), (bytes_max) == 5 ? 32 : 64, \
+                                &(target));                                         \
+        if (rc_ != ZIGZAG_OK) {                                                     \
+            raise_bad(bad, index, rc_ == ZIGZAG_TRUNCATED ? "truncated"             \
+                                  : what " varint is too long or too big");         \
             goto fail;                                                              \
         }                                                                           \
     } while (0)
@@ -179,10 +141,10 @@ records(PyObject *module, PyObject *args)
             }
             pos += (Py_ssize_t)klen;
         }
-        int rc = read_zigzag(d, end, &pos, 5, &vlen);
-        if (rc != 0 || vlen < -1 || vlen > end - pos) {
+        int rc = moldau_zigzag(d, end, &pos, 5, 32, &vlen);
+        if (rc != ZIGZAG_OK || vlen < -1 || vlen > end - pos) {
             Py_DECREF(key);
-            raise_bad(bad, index, rc == -1 ? "truncated" : "value length is invalid");
+            raise_bad(bad, index, rc == ZIGZAG_TRUNCATED ? "truncated" : "value length is invalid");
             goto fail;
         }
         if (vlen > 0) {
@@ -223,9 +185,9 @@ records(PyObject *module, PyObject *args)
             raise_bad(bad, index, "offsetDelta is outside the batch");
             goto fail;
         }
-        PyObject *offset = exact_sum(base_offset, delta);
+        PyObject *offset = moldau_exact_sum(base_offset, delta);
         PyObject *timestamp = have_append_time ? PyLong_FromLongLong(append_time)
-                                               : exact_sum(base_ts, ts_delta);
+                                               : moldau_exact_sum(base_ts, ts_delta);
         PyObject *record = type->tp_alloc(type, 6);
         if (offset == NULL || timestamp == NULL || record == NULL) {
             Py_XDECREF(offset);
