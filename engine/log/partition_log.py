@@ -282,8 +282,10 @@ class PartitionLog:
     ) -> AppendResult:
         """Validate, deduplicate, assign offsets and store one batch.
 
-        The records are not decoded: the header, the length and the CRC are checked and the
-        base offset is patched in place (the CRC does not cover it). With ``wait_durable``
+        Checked as Kafka's LogValidator checks (``validate_produce_batch``): header, length,
+        CRC, and every record read once (in C when built), so a stored batch always decodes;
+        nothing is re-encoded, and the base offset is patched in place (the CRC does not
+        cover it). With ``wait_durable``
         (the default) the call returns once the batch is durable by the topic's setting; a
         caller pipelining several batches passes False and calls :meth:`wait_durable` with
         the last result's ``last_offset + 1``, so one fsync covers them all.

@@ -51,6 +51,7 @@ from engine.records.record import (
     Header,
     NewRecord,
     Record,
+    check_records,
     decode_record_values,
     decode_records,
     encode_plain,
@@ -291,13 +292,20 @@ def validate_batch(
 
 
 def validate_produce_batch(
-    buf: BytesLike, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
+    buf: BytesLike,
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+    max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES,
 ) -> BatchHeader:
-    """The broker's produce-path check; records stay undecoded so the cost is per batch.
+    """The broker's produce-path check: Kafka's ``LogValidator`` for one v2 batch.
 
     Requires exactly one batch filling ``buf``, at least one record, offsets without gaps
     (``lastOffsetDelta == recordsCount - 1``, as producers write them), no control flag (only
-    the broker writes control batches) and a valid CRC.
+    the broker writes control batches), no transactional flag (Moldau has no transactions, so
+    nothing would ever commit or abort it), a baseSequence >= 0 when a producer id is set, a
+    valid CRC, and records that decode: the payload is decompressed (at most
+    ``max_decompressed_bytes``) and every record is read, as Kafka reads them, so a stored
+    batch can never fail a consumer's decode or the log cleaner (``check_records`` says what
+    that costs per layout).
     """
     header = parse_header(buf, 0, max_batch_bytes)
     if header.size != len(buf):
@@ -314,7 +322,21 @@ def validate_produce_batch(
         )
     if header.is_control:
         raise InvalidBatchError("producers may not send control batches")
+    if header.is_transactional:
+        raise InvalidBatchError(
+            "transactional batches are not supported (Moldau has no transactions to commit "
+            "or abort them); clear attributes bit 4"
+        )
+    if header.producer_id >= 0 and header.base_sequence < 0:
+        raise InvalidBatchError(
+            f"producerId {header.producer_id} is set but baseSequence {header.base_sequence} "
+            "is negative; an idempotent batch starts at sequence 0 (or send producerId -1)"
+        )
     verify_crc(buf, 0, header)
+    _, data = _records_data(buf, 0, max_batch_bytes, max_decompressed_bytes, False)
+    check_records(
+        data, count=header.record_count, last_delta=header.last_offset_delta, position=0
+    )
     return header
 
 

@@ -16,11 +16,14 @@ compressed blob of the concatenated records. Framing per codec::
     4 zstd    one standard zstd frame
 
 Decompression reads untrusted bytes. It is bounded: output beyond ``max_bytes`` raises
-:class:`BatchTooLargeError` before that much is allocated (gzip and lz4 stream with an output
-cap, zstd checks the declared content size or streams in steps sized so that one step cannot
-overshoot the cap by more than a few blocks, snappy checks each block's declared length), so a
-compression bomb costs at most ``max_bytes`` of memory. Any failure of a decompressor becomes
-:class:`InvalidBatchError`; no other exception type escapes.
+:class:`BatchTooLargeError` before that much is allocated (gzip streams with an output cap, lz4
+in output steps that double up to the cap, zstd checks the declared content size or streams in
+steps sized so that one step cannot overshoot the cap by more than a few blocks, snappy checks
+each block's declared length), so a compression bomb costs at most ``max_bytes`` of memory. A
+declared size no input of that length can expand to (zstd content size, snappy block length)
+is refused before anything is allocated for it, and memory otherwise follows the actual output,
+not the cap. Any failure of a decompressor becomes :class:`InvalidBatchError`; no other
+exception type escapes.
 """
 
 from __future__ import annotations
@@ -65,6 +68,10 @@ _INT32 = struct.Struct(">i")
 _ZSTD_MIN_WINDOW = 1 << 23  # what level 19 needs when the input size is unknown
 _ZSTD_MAX_WINDOW = 1 << 27  # zstd's own default limit (ZSTD_WINDOWLOG_LIMIT_DEFAULT)
 _ZSTD_BLOCK = 128 * 1024  # largest zstd block output; a block needs >= 4 input bytes
+_ZSTD_MAX_RATIO = _ZSTD_BLOCK // 4  # an RLE block: 3 header bytes and 1 byte -> 128 KiB
+_ZSTD_MIN_HEADER = 6  # magic, frame header descriptor, 1-byte content size: no block output
+_SNAPPY_MAX_RATIO = 22  # the densest snappy element copies 64 bytes for 3 (21.3:1)
+_LZ4_FIRST_STEP = 64 * 1024  # least output cap of the first lz4 step; each next one doubles
 _local = threading.local()
 
 
@@ -157,6 +164,11 @@ def _snappy_block(block: BytesLike, total: int, max_bytes: int) -> bytes:
     size = cramjam.snappy.decompress_raw_len(block)
     if total + size > max_bytes:
         raise _too_large("snappy", total + size, max_bytes)
+    if size > _SNAPPY_MAX_RATIO * len(block):
+        raise InvalidBatchError(
+            f"snappy block declares {size} bytes from {len(block)} bytes of input, more than "
+            "snappy can expand to: the block header is damaged"
+        )
     return bytes(cramjam.snappy.decompress_raw(block))
 
 
@@ -190,18 +202,34 @@ def _snappy_decompress(data: BytesLike, max_bytes: int) -> bytes:
 
 
 def _lz4_decompress(data: BytesLike, max_bytes: int) -> bytes:
-    """One LZ4 frame, decoded with an output cap of ``max_bytes + 1``."""
+    """One LZ4 frame, decoded in output steps (4x the input, doubling), never past the cap.
+
+    python-lz4 allocates a call's whole ``max_length`` before decoding, so a single call capped
+    at ``max_bytes + 1`` would reserve the cap (64 MiB by default) for every batch, however
+    small; the steps keep the allocation near the actual output.
+    """
     inflater = lz4.frame.LZ4FrameDecompressor()
-    out: bytes = inflater.decompress(data, max_length=max_bytes + 1)
-    if len(out) > max_bytes:
-        raise _too_large("lz4", len(out), max_bytes)
-    if not inflater.eof:
-        raise InvalidBatchError("lz4 frame is truncated: it ends before its end mark")
+    parts: list[bytes] = []
+    total = 0
+    step = max(_LZ4_FIRST_STEP, 4 * len(data))  # most frames then need a single step
+    chunk: BytesLike = data
+    while True:
+        out: bytes = inflater.decompress(chunk, max_length=min(step, max_bytes - total + 1))
+        total += len(out)
+        if total > max_bytes:
+            raise _too_large("lz4", total, max_bytes)
+        parts.append(out)
+        if inflater.eof:
+            break
+        if inflater.needs_input or (not out and not chunk):
+            raise InvalidBatchError("lz4 frame is truncated: it ends before its end mark")
+        chunk = b""
+        step *= 2
     if inflater.unused_data:
         raise InvalidBatchError(
             f"lz4 frame is followed by {len(inflater.unused_data)} unexpected bytes"
         )
-    return out
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _zstd_decompress(data: BytesLike, max_bytes: int) -> bytes:
@@ -209,6 +237,11 @@ def _zstd_decompress(data: BytesLike, max_bytes: int) -> bytes:
     declared = zstandard.frame_content_size(data)
     if declared > max_bytes:
         raise _too_large("zstd", declared, max_bytes)
+    if declared > _ZSTD_MAX_RATIO * (len(data) - _ZSTD_MIN_HEADER):
+        raise InvalidBatchError(
+            f"zstd frame declares {declared} bytes from {len(data)} bytes of input, more than "
+            "zstd can expand to: the frame header is damaged"
+        )
     if declared >= 0:
         # The decompressor allocates exactly ``declared`` bytes and fails on any mismatch.
         out: bytes = _zstd_decompressor(max_bytes).decompress(data, allow_extra_data=False)

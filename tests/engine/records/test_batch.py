@@ -328,7 +328,8 @@ def test_validate_batch_accepts_every_buffer_type(kind: Callable[[bytes], Any]) 
 
 
 def test_validate_produce_batch_accepts_a_producer_batch() -> None:
-    buf = encode_batch([NewRecord(v) for v in VALUES[:5]], producer_id=3, producer_epoch=0)
+    buf = encode_batch([NewRecord(v) for v in VALUES[:5]], producer_id=3, producer_epoch=0,
+                       base_sequence=0)
     header = validate_produce_batch(buf)
     assert header.producer_id == 3
     assert validate_produce_batch(buf, len(buf)) == header

@@ -2,12 +2,20 @@
 
 The decoder reads bytes from disks and networks, so the fuzz tests hold it to one rule: any
 input either decodes or raises a ``RecordError`` subclass - never IndexError, struct.error,
-UnicodeDecodeError, a compression library's own error, or anything else.
+UnicodeDecodeError, MemoryError, a compression library's own error, or anything else. Two more
+rules: a batch the produce path accepts for storage always decodes (nothing stored can fail a
+consumer), and a length field declaring more than the buffer holds is refused before that much
+memory is allocated (measured with tracemalloc).
+
+Every property runs 2,000 examples (RELIABILITY-PLAN T7). The strategies are kept small (a few
+records, short fields) so that the whole of tests/engine/records stays near a minute of CPU:
+generating a 12-record batch costs more than checking it.
 """
 
 from __future__ import annotations
 
 import struct
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
@@ -41,32 +49,64 @@ from engine.records.errors import (
     RecordError,
 )
 from engine.records.record import decode_records
+from engine.records.varint import encode_varint
 
 TS = 1_700_000_000_000
 PROPERTY = settings(
-    max_examples=300,
+    max_examples=2000,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 
 headers_st = st.lists(
-    st.builds(Header, st.text(max_size=8), st.none() | st.binary(max_size=8)), max_size=3
+    st.builds(Header, st.text(max_size=4), st.none() | st.binary(max_size=6)), max_size=2
 ).map(tuple)
 record_st = st.builds(
     NewRecord,
-    value=st.none() | st.binary(max_size=40),
-    key=st.none() | st.binary(max_size=20),
+    value=st.none() | st.binary(max_size=24),
+    key=st.none() | st.binary(max_size=12),
     headers=headers_st,
     timestamp=st.none() | st.integers(0, 2**45),
 )
-records_st = st.lists(record_st, min_size=1, max_size=12)
+records_st = st.lists(record_st, min_size=1, max_size=6)
+small_records_st = st.lists(record_st, min_size=1, max_size=4)  # for damage and fuzzing
+
+
+def _cut_records(blob: bytes, shape: int) -> list[NewRecord]:
+    """1 to 4 header-less records cut from ``blob``; ``shape`` picks the count, null keys and
+    values, and own or default timestamps. Two draws instead of dozens: for the properties
+    where the CRC does the detecting, so the record structure matters little."""
+    count = shape % 4 + 1
+    bits = shape >> 2
+    step = len(blob) // (2 * count)
+    return [
+        NewRecord(
+            value=None if bits >> 3 * i & 1 else blob[(2 * i + 1) * step : (2 * i + 2) * step],
+            key=None if bits >> 3 * i + 1 & 1 else blob[2 * i * step : (2 * i + 1) * step],
+            timestamp=TS + 1000 * i if bits >> 3 * i + 2 & 1 else None,
+        )
+        for i in range(count)
+    ]
+
+
+cut_records_st = st.builds(_cut_records, st.binary(max_size=96), st.integers(0, 2**14 - 1))
 codec_st = st.sampled_from(list(Codec))
 COMPRESSED = [Codec.GZIP, Codec.SNAPPY, Codec.LZ4, Codec.ZSTD]
-uniform_values_st = st.integers(0, 40).flatmap(
-    lambda n: st.lists(st.binary(min_size=n, max_size=n), min_size=1, max_size=150)
+
+
+def _split(blob: bytes, count: int) -> list[bytes]:
+    size = len(blob) // count
+    return [blob[i * size : (i + 1) * size] for i in range(count)]
+
+
+# one blob cut into equal values: one draw instead of up to 150
+uniform_values_st = st.tuples(st.integers(0, 40), st.integers(1, 150)).flatmap(
+    lambda shape: st.binary(min_size=shape[0] * shape[1], max_size=shape[0] * shape[1]).map(
+        lambda blob: _split(blob, shape[1])
+    )
 )
-varied_values_st = st.lists(st.none() | st.binary(max_size=80), min_size=1, max_size=80)
+varied_values_st = st.lists(st.none() | st.binary(max_size=80), min_size=1, max_size=40)
 values_st = uniform_values_st | varied_values_st
 
 
@@ -119,7 +159,11 @@ def test_encode_decode_round_trip(
         is_transactional=transactional,
     )
     header, decoded = decode_batch(buf)
-    assert validate_produce_batch(buf) == header
+    if transactional or (producer_id >= 0 and base_sequence < 0):
+        with pytest.raises(InvalidBatchError, match=r"transactional|baseSequence"):
+            validate_produce_batch(buf)  # Kafka's rules: no transactions, no id without sequence
+    else:
+        assert validate_produce_batch(buf) == header
     times = [timestamp if r.timestamp is None else r.timestamp for r in records]
     assert decoded == [
         Record(base_offset + i, times[i], r.key, r.value, r.headers) for i, r in enumerate(records)
@@ -140,7 +184,7 @@ def test_encode_values_equals_encode_batch(
     values: list[bytes | None], with_keys: bool, codec: Codec, data: st.DataObject
 ) -> None:
     keys = None
-    if with_keys:
+    if with_keys and len(values) <= 40:  # keys take the record loop: a long list adds nothing
         keys = data.draw(
             st.lists(st.none() | st.binary(max_size=70), min_size=len(values), max_size=len(values))
         )
@@ -167,7 +211,7 @@ def _covered_byte(size: int) -> st.SearchStrategy[int]:
 
 
 @PROPERTY
-@given(records=records_st, codec=codec_st, data=st.data())
+@given(records=cut_records_st, codec=codec_st, data=st.data())
 def test_any_single_bit_flip_is_detected(
     records: list[NewRecord], codec: Codec, data: st.DataObject
 ) -> None:
@@ -181,7 +225,9 @@ def test_any_single_bit_flip_is_detected(
 
 
 @PROPERTY
-@given(records=records_st, index=st.integers(0, 7) | st.integers(12, 15), bit=st.integers(0, 7))
+@given(
+    records=cut_records_st, index=st.integers(0, 7) | st.integers(12, 15), bit=st.integers(0, 7)
+)
 def test_flips_in_base_offset_and_leader_epoch_pass_by_design(
     records: list[NewRecord], index: int, bit: int
 ) -> None:
@@ -196,7 +242,7 @@ def test_flips_in_base_offset_and_leader_epoch_pass_by_design(
 
 
 @PROPERTY
-@given(records=records_st, codec=codec_st, data=st.data())
+@given(records=cut_records_st, codec=codec_st, data=st.data())
 def test_any_truncation_is_detected(
     records: list[NewRecord], codec: Codec, data: st.DataObject
 ) -> None:
@@ -215,6 +261,12 @@ def test_any_truncation_is_detected(
 
 
 def _every_decoder(buf: bytes | bytearray) -> None:
+    produced = outcome(validate_produce_batch, buf)
+    if not isinstance(produced, type):  # accepted for storage: every consumer must read it
+        header, records = decode_batch(buf)
+        assert header == produced
+        assert len(records) == header.record_count
+        assert decode_values(buf) == [r.value for r in records]
     for check in (True, False):
         batch = outcome(decode_batch, buf, verify_crc=check)
         values = outcome(decode_values, buf, verify_crc=check)
@@ -224,7 +276,6 @@ def _every_decoder(buf: bytes | bytearray) -> None:
             assert values == [r.value for r in batch[1]]
     outcome(parse_header, buf)
     outcome(validate_batch, buf)
-    outcome(validate_produce_batch, buf)
     outcome(lambda: list(iter_batches(buf)))
     outcome(lambda: list(decode_batches(buf, verify_crc=False)))
 
@@ -271,7 +322,7 @@ def _mutate(buf: bytes, data: st.DataObject) -> bytearray:
 
 
 @PROPERTY
-@given(records=records_st, codec=codec_st, keep_length=st.booleans(), data=st.data())
+@given(records=small_records_st, codec=codec_st, keep_length=st.booleans(), data=st.data())
 def test_mutated_batches_only_raise_record_errors(
     records: list[NewRecord], codec: Codec, keep_length: bool, data: st.DataObject
 ) -> None:
@@ -323,7 +374,7 @@ def test_decompress_of_garbage_only_raises_record_errors(
 
 
 @PROPERTY
-@given(codec=st.sampled_from(COMPRESSED), text=st.binary(max_size=3000), data=st.data())
+@given(codec=st.sampled_from(COMPRESSED), text=st.binary(max_size=1000), data=st.data())
 def test_decompress_of_damaged_streams_only_raises_record_errors(
     codec: Codec, text: bytes, data: st.DataObject
 ) -> None:
@@ -331,3 +382,63 @@ def test_decompress_of_damaged_streams_only_raises_record_errors(
     limit = data.draw(st.integers(0, 20_000))
     result = outcome(decompress, codec, damaged, limit)
     assert isinstance(result, type) or len(result) <= limit
+
+
+# ---------------------------------------------------------------------------- declared lengths
+
+LENGTH_FIELDS = [
+    "batchLength",
+    "recordsCount",
+    "record length",
+    "key length",
+    "value length",
+    "header count",
+    "header key length",
+    "header value length",
+]
+PEAK_BOUND = 256 * 1024
+"""Bytes tracemalloc may see at peak while a small batch is refused; a declared length is at
+least 1 MiB, so allocating for it would show."""
+
+
+def _varint(value: int) -> bytes:
+    return encode_varint(value)
+
+
+def _declaring(field: str, declared: int, codec: Codec, value: bytes) -> bytes:
+    """A one-record batch (key, value, one header) whose ``field`` declares ``declared``."""
+
+    def size(name: str, actual: int) -> bytes:
+        return _varint(declared if name == field else actual)
+
+    body = b"\x00\x00\x00" + size("key length", 1) + b"k" + size("value length", len(value))
+    body += value + size("header count", 1) + size("header key length", 1) + b"h"
+    body += size("header value length", 1) + b"x"
+    section = compress(codec, size("record length", len(body)) + body)
+    count = declared if field == "recordsCount" else 1
+    covered = struct.pack(">hiqqqhii", codec, count - 1, TS, TS, -1, -1, -1, count) + section
+    length = declared if field == "batchLength" else 49 + len(section)
+    return struct.pack(">qiibI", 0, length, -1, 2, crc32c(covered)) + covered
+
+
+@PROPERTY
+@given(
+    field=st.sampled_from(LENGTH_FIELDS),
+    declared=st.integers(1 << 20, 2**31 - 1),
+    codec=codec_st,
+    value=st.binary(max_size=16),
+)
+def test_declared_lengths_past_the_buffer_are_refused_before_allocating(
+    field: str, declared: int, codec: Codec, value: bytes
+) -> None:
+    buf = _declaring(field, declared, codec, value)
+    assert declared > 1000 * len(buf)
+    tracemalloc.start()
+    try:
+        for decoder in (decode_batch, decode_values, validate_produce_batch):
+            result = outcome(decoder, buf)
+            assert isinstance(result, type), f"{decoder.__name__} accepted {field} {declared}"
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < PEAK_BOUND, f"{peak} bytes at peak refusing {field} = {declared}"

@@ -1,4 +1,10 @@
-"""Compression codecs: Kafka-compatible framing, bounded decompression, and failure types."""
+"""Compression codecs: Kafka-compatible framing, bounded decompression, and failure types.
+
+The properties run 2,000 examples each (RELIABILITY-PLAN T7): round trips with the limit
+inclusive, and sizes declared in stream headers (zstd content size, snappy lengths, lz4
+content size) that no input of that length could produce, which must be refused before
+anything is allocated for them (tracemalloc peak).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,15 @@ import os
 import random
 import struct
 import tracemalloc
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import cramjam
 import lz4.frame
 import pytest
 import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from engine.records.compression import (
     XERIAL_BLOCK_SIZE,
@@ -21,7 +30,12 @@ from engine.records.compression import (
     compress,
     decompress,
 )
-from engine.records.errors import BatchTooLargeError, InvalidBatchError, UnsupportedCodecError
+from engine.records.errors import (
+    BatchTooLargeError,
+    InvalidBatchError,
+    RecordError,
+    UnsupportedCodecError,
+)
 
 COMPRESSED = [Codec.GZIP, Codec.SNAPPY, Codec.LZ4, Codec.ZSTD]
 TEXT = b"".join(
@@ -253,3 +267,129 @@ def test_codecs_are_safe_across_threads() -> None:
 
     with ThreadPoolExecutor(4) as pool:
         assert all(pool.map(work, inputs * 4))
+
+
+# ---------------------------------------------------------------------------- properties
+
+PROPERTY = settings(
+    max_examples=2000,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+DEFAULT_LIMIT = 64 * 1024 * 1024  # DEFAULT_MAX_DECOMPRESSED_BYTES: what consumers decode with
+PEAK_BOUND = 256 * 1024
+
+
+def _peak_of(call: Callable[[], object]) -> tuple[object, int]:
+    """``call()``'s result (or the RecordError subclass it raised) and tracemalloc's peak."""
+    tracemalloc.start()
+    try:
+        try:
+            result: object = call()
+        except RecordError as exc:
+            result = type(exc)
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@PROPERTY
+@given(codec=st.sampled_from(list(Codec)), chunk=st.binary(max_size=200), repeat=st.integers(1, 30))
+def test_round_trip_and_inclusive_limit(codec: Codec, chunk: bytes, repeat: int) -> None:
+    data = chunk * repeat  # repeats make it compressible, so every codec's matcher is used
+    packed = compress(codec, data)
+    assert decompress(codec, packed, len(data)) == data
+    if data:
+        with pytest.raises(BatchTooLargeError):
+            decompress(codec, packed, len(data) - 1)
+
+
+def _lz4_declaring(size: int) -> bytes:
+    """A one-byte LZ4 frame whose header claims ``size`` bytes of content."""
+    frame = bytearray(lz4.frame.compress(b"x", store_size=True))
+    struct.pack_into("<Q", frame, 6, size)
+    for checksum in range(256):  # the header checksum byte: the one lz4 accepts
+        frame[14] = checksum
+        try:
+            if lz4.frame.get_frame_info(bytes(frame))["content_size"] == size:
+                return bytes(frame)
+        except RuntimeError:
+            continue
+    raise AssertionError("no header checksum fits")
+
+
+def _zstd_declaring(size: int, tail: bytes) -> bytes:
+    """A zstd frame header (single segment, 8-byte content size) claiming ``size`` bytes."""
+    return b"\x28\xb5\x2f\xfd" + bytes([0xE0]) + struct.pack("<Q", size) + tail
+
+
+def _uvarint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _xerial_block(block: bytes) -> bytes:
+    return XERIAL_HEADER + struct.pack(">i", len(block)) + block
+
+
+DECLARING: dict[str, tuple[Codec, Callable[[int, bytes], bytes]]] = {
+    "zstd-content-size": (Codec.ZSTD, _zstd_declaring),
+    "snappy-raw-length": (Codec.SNAPPY, lambda size, tail: _uvarint(size) + tail),
+    "xerial-block-length": (
+        Codec.SNAPPY,
+        lambda size, tail: XERIAL_HEADER + struct.pack(">i", size) + tail,
+    ),
+    "xerial-block-raw-length": (
+        Codec.SNAPPY,
+        lambda size, tail: _xerial_block(_uvarint(size) + tail),
+    ),
+    "lz4-content-size": (Codec.LZ4, lambda size, tail: _lz4_declaring(size) + tail),
+}
+
+
+@PROPERTY
+@given(
+    kind=st.sampled_from(sorted(DECLARING)),
+    declared=st.integers(1 << 20, 2**31 - 1),
+    tail=st.binary(max_size=24),  # short: no stream this long can expand to 1 MiB
+)
+def test_declared_sizes_past_the_input_are_refused_before_allocating(
+    kind: str, declared: int, tail: bytes
+) -> None:
+    codec, build = DECLARING[kind]
+    payload = build(declared, tail)
+    result, peak = _peak_of(lambda: decompress(codec, payload, DEFAULT_LIMIT))
+    assert result in (InvalidBatchError, BatchTooLargeError), f"{kind} {declared}: {result!r}"
+    assert peak < PEAK_BOUND, f"{peak} bytes at peak refusing {kind} = {declared}"
+
+
+@pytest.mark.parametrize("codec", COMPRESSED)
+def test_memory_follows_the_output_not_the_limit(codec: Codec) -> None:
+    """Regression: lz4 reserved the whole limit (64 MiB by default) for every frame."""
+    packed = compress(codec, TEXT[:1000])
+    result, peak = _peak_of(lambda: decompress(codec, packed, DEFAULT_LIMIT))
+    assert result == TEXT[:1000]
+    assert peak < PEAK_BOUND
+
+
+def test_zstd_content_size_no_input_can_reach_is_refused() -> None:
+    payload = _zstd_declaring(60 << 20, b"\x00" * 20)
+    with pytest.raises(InvalidBatchError, match="declares 62914560 bytes from 33 bytes of input"):
+        decompress(Codec.ZSTD, payload, DEFAULT_LIMIT)
+
+
+def test_snappy_length_no_input_can_reach_is_refused() -> None:
+    payload = _uvarint(60 << 20) + b"\x00" * 20
+    with pytest.raises(InvalidBatchError, match="more than snappy can expand to"):
+        decompress(Codec.SNAPPY, payload, DEFAULT_LIMIT)
+
+
+@pytest.mark.parametrize("codec", [Codec.SNAPPY, Codec.ZSTD])
+def test_the_densest_real_streams_pass_the_ratio_checks(codec: Codec) -> None:
+    zeros = bytes(4 << 20)  # as compressible as input gets
+    assert decompress(codec, compress(codec, zeros), len(zeros)) == zeros

@@ -162,7 +162,7 @@ def test_varint_column_matches_scalar_encoding(low: int, high: int, width: int) 
     assert [bytes(row) for row in column] == [encode_varint(v) for v in range(low, high)]
 
 
-@settings(max_examples=300, deadline=None, database=None)
+@settings(max_examples=2000, deadline=None, database=None)
 @given(st.integers(INT32_MIN, INT32_MAX), st.binary(max_size=3))
 def test_varint_round_trip(value: int, tail: bytes) -> None:
     raw = encode_varint(value)
@@ -170,7 +170,7 @@ def test_varint_round_trip(value: int, tail: bytes) -> None:
     assert decode_varint(raw + tail, 0) == (value, len(raw))
 
 
-@settings(max_examples=300, deadline=None, database=None)
+@settings(max_examples=2000, deadline=None, database=None)
 @given(st.integers(INT64_MIN, INT64_MAX))
 def test_varlong_round_trip(value: int) -> None:
     raw = encode_varlong(value)
@@ -178,7 +178,7 @@ def test_varlong_round_trip(value: int) -> None:
     assert decode_varlong(raw, 0) == (value, len(raw))
 
 
-@settings(max_examples=300, deadline=None, database=None)
+@settings(max_examples=2000, deadline=None, database=None)
 @given(st.binary(max_size=12), st.integers(-2, 14))
 def test_arbitrary_bytes_decode_or_raise_invalid_batch(buf: bytes, position: int) -> None:
     for decode in (decode_varint, decode_varlong):

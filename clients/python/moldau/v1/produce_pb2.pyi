@@ -35,7 +35,8 @@ class ProduceRequest(_message.Message):
     """
     record_batch: _builtins.bytes
     """One pre-encoded RecordBatch v2 (the fast path): the broker validates the header, size,
-    CRC and producer sequence, assigns offsets and stores the bytes as sent.
+    CRC, every record (decompressed if needed) and the producer sequence, assigns offsets
+    and stores the bytes as sent.
     """
     correlation_id: _builtins.int
     """Chosen by the client and echoed on ProduceStream; ignored by Produce."""

@@ -1,0 +1,104 @@
+"""The C record check accepts exactly what the Python record loop accepts.
+
+``check_records`` trusts ``_crecords.check`` when it says yes, so a batch the C check passes
+and the loop refuses would be stored and then fail every consumer's decode. These
+properties feed both valid batches and damaged ones (edits, cuts, insertions, random bytes,
+wrong counts) to both and require the same verdict.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.records import record
+from engine.records.batch import encode_batch
+from engine.records.errors import RecordError
+from engine.records.record import Header, NewRecord, decode_record_values
+
+_BYTES = st.one_of(st.none(), st.binary(max_size=40))
+_HEADERS = st.lists(
+    st.builds(Header, st.text(max_size=6), st.one_of(st.none(), st.binary(max_size=8))),
+    max_size=3,
+).map(tuple)
+_RECORDS = st.lists(
+    st.builds(NewRecord, _BYTES, _BYTES, _HEADERS,
+              st.integers(min_value=0, max_value=2**45)),
+    min_size=1,
+    max_size=12,
+)
+
+
+def _native() -> ModuleType:
+    assert record.NATIVE, "engine.records._crecords was not built: pip install -e ."
+    from engine.records import _crecords
+
+    return _crecords
+
+
+def _python_accepts(data: bytes, count: int, last_delta: int) -> bool:
+    try:
+        decode_record_values(data, count=count, last_delta=last_delta, position=0)
+    except RecordError:
+        return False
+    return True
+
+
+def _same_verdict(data: bytes, count: int, last_delta: int) -> None:
+    native = _native().check(data, count, last_delta)
+    assert native == _python_accepts(data, count, last_delta), (data.hex(), count, last_delta)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(records=_RECORDS,
+       edits=st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), max_size=3),
+       cut=st.integers(0, 3), insert=st.binary(max_size=2), count_skew=st.integers(-1, 1),
+       delta_skew=st.integers(-1, 1))
+def test_same_verdict_on_valid_and_damaged_batches(
+    records: list[NewRecord], edits: list[tuple[int, int]], cut: int, insert: bytes,
+    count_skew: int, delta_skew: int,
+) -> None:
+    data = bytearray(encode_batch(records)[61:])
+    for position, value in edits:
+        data[position % len(data)] = value
+    if insert:
+        data[len(data) // 2 : len(data) // 2] = insert
+    data = data[: max(0, len(data) - cut)]
+    count = len(records) + count_skew
+    _same_verdict(bytes(data), count, len(records) - 1 + delta_skew)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(data=st.binary(max_size=64), count=st.integers(-1, 4), last_delta=st.integers(-1, 4))
+def test_same_verdict_on_any_bytes(data: bytes, count: int, last_delta: int) -> None:
+    _same_verdict(data, count, last_delta)
+
+
+@pytest.mark.parametrize(
+    ("record_hex", "accepted"),
+    [
+        ("", True),  # zero records
+        ("0c 00 00 00 01 01 00", True),  # null key and value, no headers
+        ("0c 00 00 00 01 01 00 00", False),  # a byte after the last record
+        ("0e 00 00 00 81 00 01 00", False),  # key length -1 written in two bytes
+        ("0e 00 00 00 01 81 00 00", True),  # value length -1 in two bytes: the loop allows it
+        ("14 00 00 00 01 ff ff ff ff 1f 00", False),  # a value length over 32 bits
+        ("12 00 00 00 01 01 02 02 ff 01", False),  # a header key that is not UTF-8
+        ("12 00 00 00 01 01 02 02 61 01", True),  # header "a" with a null value
+        ("0c 00 00 02 01 01 00", False),  # offsetDelta 1 in a one-record batch
+    ],
+)
+def test_hand_made_edges(record_hex: str, accepted: bool) -> None:
+    data = bytes.fromhex(record_hex)
+    count = 1 if data else 0
+    assert _python_accepts(data, count, 0) == accepted
+    assert _native().check(data, count, 0) == accepted
+
+
+def test_check_records_raises_the_python_message() -> None:
+    with pytest.raises(RecordError, match="key length -1 is below -1"):
+        record.check_records(bytes.fromhex("0e 00 00 00 81 00 01 00"), count=1, last_delta=0,
+                             position=0)
