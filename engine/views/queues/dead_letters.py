@@ -17,8 +17,12 @@ text:
 ``moldau.dlq.last-failure-ms``  time of the last failed delivery (epoch ms)
 ==============================  ==============================================================
 
-The dead-letter topic is created with one partition when missing, with the broker's default
-durability; the append waits for it to be durable before the source record is marked done.
+The dead-letter topic is created with one partition when missing, with ``durability=fsync``
+(a broker-wide ``async`` default must not let a power loss take a copy whose source record
+is already marked done); the append waits for it to be durable before the source record is
+marked done. A crash between those two writes leaves the record pending, so it is
+dead-lettered again after the restart: dead-lettering is at-least-once, and the copies name
+the same source partition and offset.
 
 Redrive re-appends a dead letter's key, value and original headers (the ``moldau.dlq.*`` ones
 removed) to its source topic, to the original partition when it still exists. Each redriven
@@ -141,6 +145,9 @@ def parse_dead_letter(
     )
 
 
+_DLQ_CONFIG = {"durability": "fsync"}  # see the module docstring
+
+
 class DeadLetterStore:
     """Appends dead letters, lists them and redrives them (see the module docstring)."""
 
@@ -165,7 +172,7 @@ class DeadLetterStore:
         """
         if not self._catalog.has_topic(dlq_topic):
             with contextlib.suppress(TopicExistsError):
-                self._catalog.create_topic(dlq_topic, 1)
+                self._catalog.create_topic(dlq_topic, 1, _DLQ_CONFIG)
         log = self._catalog.partition(dlq_topic, 0)
         return log.append(encode_batch(records, timestamp=self._now_ms())).base_offset
 

@@ -63,6 +63,8 @@ def test_max_deliveries_dead_letters_with_headers(env: Env) -> None:
     assert headers[HDR_FIRST_FAILURE] == str(T0 + 10)
     assert headers[HDR_LAST_FAILURE] == str(T0 + 30)
     assert env.manager.describe("work").counters.dead_lettered == 1
+    # created fsync'd: the copy must outlive a power loss, as the "done" that follows does
+    assert env.broker.describe_topic("jobs.dlq").config.durability == "fsync"
     env.restart()
     assert env.manager.receive("work", 10) == []  # done survives restart
 
