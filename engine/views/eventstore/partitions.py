@@ -35,6 +35,15 @@ class StorePartition:
         self.lock = threading.Lock()
         self.checkpointing = threading.Lock()
         self.since_checkpoint = 0
+        #: The largest event timestamp written: new stamps never go below it (under ``lock``).
+        self.last_timestamp_ms = max((s.largest_timestamp for s in log.segments()), default=-1)
+
+    def stamp(self, now_ms: int) -> int:
+        """The timestamp for the next append (under ``lock``): the clock, held at the last
+        stamp while a wall clock set back catches up, so event times never decrease within a
+        partition (``ReadAll`` by time and ``moldau replay --to-time`` rely on it)."""
+        self.last_timestamp_ms = max(now_ms, self.last_timestamp_ms)
+        return self.last_timestamp_ms
 
 
 def open_partition(topic: str, number: int, log: PartitionLog,

@@ -232,7 +232,7 @@ class EventStore:
                                      expected, events)
                 except EngineError as exc:
                     outcomes[number] = exc
-            group.flush(self._clock.now_ms(), outcomes)
+            group.flush(part.stamp(self._clock.now_ms()), outcomes)
         return outcomes, group.end_offset
 
     def _join_group(self, part: StorePartition, partitions: int, group: PendingGroup,
@@ -248,7 +248,7 @@ class EventStore:
         ids = [str(event.event_id).encode() for event in events]
         size = sum(len(e.data) + len(e.metadata) + len(e.type) + 80 for e in events)
         if group.must_flush_before(ids, size):
-            group.flush(self._clock.now_ms(), outcomes)
+            group.flush(part.stamp(self._clock.now_ms()), outcomes)
         state = part.index.state(key)
         retry = self._find_retry(part, stream, key, state, expected, events, ids)
         if retry is not None:
@@ -273,7 +273,7 @@ class EventStore:
     def _append_locked(self, part: StorePartition, key: bytes, state: StreamState | None,
                        events: Sequence[EventData]) -> AppendResult:
         first = state.last_version + 1 if state is not None else 0
-        batch = encode_events(key, first, events, self._clock.now_ms())
+        batch = encode_events(key, first, events, part.stamp(self._clock.now_ms()))
         appended = part.log.append(batch, wait_durable=False)
         index = part.index
         if state is None:
@@ -359,7 +359,7 @@ class EventStore:
                     f"truncate before {before}: use 0 to {state.last_version + 1} (the next "
                     "version)", stream,
                 )
-            batch = encode_control(key, deleted, before, self._clock.now_ms())
+            batch = encode_control(key, deleted, before, part.stamp(self._clock.now_ms()))
             appended = part.log.append(batch, wait_durable=False)
             state.add_control(appended.base_offset, deleted, before)
             part.index.next_offset = appended.last_offset + 1

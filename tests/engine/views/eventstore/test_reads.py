@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from engine.broker import Broker
 from engine.clock import ManualClock
 from engine.errors import (
     InvalidEventStoreRequestError,
@@ -23,7 +24,7 @@ from engine.views.eventstore import (
     RecordedEvent,
 )
 
-from .conftest import ev, evs
+from .conftest import T0, ev, evs
 
 
 def test_read_stream_forwards_backwards_and_max(store: EventStore) -> None:
@@ -183,3 +184,24 @@ def test_upcasters_apply_on_request(store: EventStore) -> None:
     store.append_to_stream("orders", "loop", ANY, [EventData("Loop", b"")])
     with pytest.raises(InvalidEventStoreRequestError):
         store.read_stream("orders", "loop", upcast=True)
+
+
+def test_event_times_never_decrease_when_the_wall_clock_is_set_back(
+    store: EventStore, clock: ManualClock, broker: Broker
+) -> None:
+    """Found by the clock-jump fault test: an hour back on the wall clock stamped the next
+    events an hour before the ones already stored."""
+    store.append_to_stream("orders", "order-1", ANY, evs(0, 2))
+    clock.set_wall(T0 - 3_600_000)
+    store.append_to_stream("orders", "order-2", ANY, evs(2, 2))
+    store.append_group("orders", 0, [("order-3", ANY, evs(4, 1))])
+    clock.set_wall(T0 + 5)
+    store.append_to_stream("orders", "order-1", ANY, evs(5, 1))
+    times = [e.timestamp_ms for e in store.read_all("orders").events]
+    assert times == sorted(times)
+    assert times == [T0, T0, T0, T0, T0, T0 + 5]
+    store.close()  # the floor also holds across a restart, from the segments' largest time
+    clock.set_wall(T0 - 7_200_000)
+    reopened = EventStore.open(broker, clock=clock)
+    reopened.append_to_stream("orders", "order-4", ANY, evs(6, 1))
+    assert reopened.read_all("orders").events[-1].timestamp_ms == T0 + 5
