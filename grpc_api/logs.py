@@ -74,3 +74,15 @@ def configure_logging(level: str, log_format: str, stream: IO[str] | None = None
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    core = logging.getLogger("grpc._cython.cygrpc")
+    if not any(isinstance(f, _CancelRaceFilter) for f in core.filters):
+        core.addFilter(_CancelRaceFilter())
+
+
+class _CancelRaceFilter(logging.Filter):
+    """Drops grpc's "ExecuteBatchError raised in core" ERROR (with a traceback), logged when a
+    client cancels a stream while the server's write waits on flow control: a race inside
+    gRPC, harmless (the call is over), and otherwise one alarming traceback per cancel."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "ExecuteBatchError" not in record.getMessage()

@@ -10,8 +10,10 @@ partition the stream writes to gets an :class:`~grpc_api.runtime.AppendLane`: it
 reach the engine in the order sent, back to back on one worker thread, and every group of
 requests queued while the previous fsync ran is made durable by one ``wait_durable`` (group
 commit) before any of them is acknowledged. Acknowledgements of one partition leave in the
-order sent. At most ``produce_stream_window`` requests are in flight per stream; past that the
-server stops reading and gRPC flow control pushes back on the client.
+order sent. At most ``produce_stream_window`` requests, and at most ``max_request_bytes`` of
+them (or one larger request), are in flight per stream; past that the server stops reading and
+gRPC flow control pushes back on the client. The byte bound matters: 64 requests of 16 MiB held
+at once (each twice: the parsed message and its batch bytes) would be 2 GiB for one client.
 """
 
 from __future__ import annotations
@@ -59,6 +61,33 @@ class _Plan:
     codec: Codec = Codec.NONE
 
 
+class _ByteWindow:
+    """Bytes of one stream's requests read but not yet stored; reading waits past ``limit``.
+
+    A request larger than the limit still goes through, alone, so every request the server
+    accepts can be sent on a stream. Event loop thread only; one waiter (the stream's reader).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._freed = asyncio.Event()
+
+    async def acquire(self, size: int) -> None:
+        while self.used and self.used + size > self.limit:
+            self._freed.clear()
+            await self._freed.wait()
+        self.used += size
+
+    def release(self, size: int) -> None:
+        self.used -= size
+        self._freed.set()
+
+    def release_after(self, size: int, _done: asyncio.Future[Any]) -> None:
+        """Done callback of a request's appends."""
+        self.release(size)
+
+
 class ProduceServicer(produce_pb2_grpc.ProduceServiceServicer):
     """Translates ProduceService calls into ``Broker.append``."""
 
@@ -85,12 +114,14 @@ class ProduceServicer(produce_pb2_grpc.ProduceServiceServicer):
     async def ProduceStream(  # noqa: N802  (the RPC name from the proto)
         self, request_iterator: AsyncIterator[produce_pb2.ProduceRequest], context: object
     ) -> AsyncIterator[produce_pb2.ProduceStreamResponse]:
-        window = asyncio.Semaphore(self._runtime.config.produce_stream_window)
+        config = self._runtime.config
+        window = asyncio.Semaphore(config.produce_stream_window)
+        stored_bytes = _ByteWindow(config.max_request_bytes)
         acks: _AckQueue = asyncio.Queue()
         lanes: dict[tuple[str, int], AppendLane] = {}
         tasks: set[asyncio.Future[Any]] = set()
         reader = asyncio.create_task(
-            self._read_stream(request_iterator, window, acks, lanes, tasks)
+            self._read_stream(request_iterator, window, stored_bytes, acks, lanes, tasks)
         )
         try:
             while True:
@@ -112,6 +143,7 @@ class ProduceServicer(produce_pb2_grpc.ProduceServiceServicer):
         self,
         request_iterator: AsyncIterator[produce_pb2.ProduceRequest],
         window: asyncio.Semaphore,
+        stored_bytes: _ByteWindow,
         acks: _AckQueue,
         lanes: dict[tuple[str, int], AppendLane],
         tasks: set[asyncio.Future[Any]],
@@ -120,16 +152,21 @@ class ProduceServicer(produce_pb2_grpc.ProduceServiceServicer):
 
         A one-part request (every pre-encoded batch) is acknowledged straight from its lane
         future's done callback, in the order the lane settles; a request split over several
-        partitions waits for all its parts in a task.
+        partitions waits for all its parts in a task. A request's bytes count against
+        ``stored_bytes`` until its appends are done (then its memory can be freed), its place
+        in ``window`` until its acknowledgement is sent.
         """
         try:
             async for request in request_iterator:
                 await window.acquire()
+                size = request.ByteSize()
+                await stored_bytes.acquire(size)
                 correlation_id = request.correlation_id
                 try:
                     plan = self._plan(request)
                     broker = self._runtime.broker()
                 except Exception as exc:  # an invalid request is acked with its error
+                    stored_bytes.release(size)
                     acks.put_nowait(_error_ack(correlation_id, exc))
                     continue
                 appends = []
@@ -150,6 +187,7 @@ class ProduceServicer(produce_pb2_grpc.ProduceServiceServicer):
                     future = asyncio.ensure_future(_ack(plan, correlation_id, appends, acks))
                 tasks.add(future)
                 future.add_done_callback(tasks.discard)
+                future.add_done_callback(functools.partial(stored_bytes.release_after, size))
             if tasks:
                 await asyncio.wait(list(tasks))
             acks.put_nowait(None)

@@ -110,8 +110,8 @@ class ServerProcess:
 
     def log_text(self) -> str:
         """What the server wrote to stderr so far."""
-        try:
-            return self.log_path.read_text()
+        try:  # gRPC's core may log raw peer bytes: never fail on them
+            return self.log_path.read_bytes().decode(errors="replace")
         except OSError:
             return ""
 
