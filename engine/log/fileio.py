@@ -147,7 +147,10 @@ class OsFileIO:
             while view:
                 view = view[os.write(fd, view) :]
             os.fsync(fd)
-        finally:
+        except OSError:
             os.close(fd)
+            self.unlink(temp)  # a half-written temp file would hold space on a full disk
+            raise
+        os.close(fd)
         self.rename(temp, path)
         self.fsync_dir(path.parent)

@@ -205,7 +205,13 @@ class PartitionLog:
             fileio.fsync_dir(directory)
         partition = cls(directory, config, fileio, clock, segments, report)
         if not clean:
-            partition._write_checkpoint(segments[-1].base_offset)
+            try:
+                partition._write_checkpoint(segments[-1].base_offset)
+            except OSError as exc:
+                # only a shortcut for the next start (which then scans from the older
+                # checkpoint, never past valid data): a full disk must not stop recovery
+                log.warning("partition %s: recovery checkpoint not written (%s); the next "
+                            "start scans from the previous one", directory, exc)
         return partition
 
     def close(self) -> None:
