@@ -30,6 +30,7 @@ __all__ = [
     "DELETED_SUFFIX",
     "INDEX_SUFFIX",
     "LOG_SUFFIX",
+    "PRODUCER_SNAPSHOT_FILE",
     "QUARANTINE_DIR",
     "RECOVERY_CHECKPOINT_FILE",
     "SEGMENT_SUFFIXES",
@@ -59,6 +60,9 @@ TRANSIENT_SUFFIXES = (CLEANED_SUFFIX, SWAP_SUFFIX, DELETED_SUFFIX, TEMP_SUFFIX)
 
 CLEAN_SHUTDOWN_FILE = ".clean_shutdown"
 RECOVERY_CHECKPOINT_FILE = "recovery-point.checkpoint"
+PRODUCER_SNAPSHOT_FILE = "producer-state.snapshot"
+"""Idempotent-producer state at a clean shutdown: a clean start loads it instead of reading
+every batch header of the log."""
 QUARANTINE_DIR = "quarantine"
 
 _OFFSET_DIGITS = 20

@@ -51,6 +51,7 @@ from engine.log.files import (
     DELETED_SUFFIX,
     INDEX_SUFFIX,
     LOG_SUFFIX,
+    PRODUCER_SNAPSHOT_FILE,
     RECOVERY_CHECKPOINT_FILE,
     SWAP_SUFFIX,
     TEMP_SUFFIX,
@@ -122,6 +123,7 @@ class PartitionLog:
         clock: Clock,
         segments: list[LogSegment],
         recovery: RecoveryReport,
+        producer_snapshot: bytes | None = None,
     ) -> None:
         self.directory = directory
         self.config = config
@@ -145,7 +147,12 @@ class PartitionLog:
         self.stats = LogStats()
         self._last_flush_monotonic = clock.monotonic()
         self._closed = False
-        self._rebuild_producer_state()
+        loaded = (ProducerStateManager.from_snapshot(producer_snapshot, self._next_offset)
+                  if producer_snapshot is not None else None)
+        if loaded is not None:
+            self._producers = loaded
+        else:
+            self._rebuild_producer_state()
 
     # ------------------------------------------------------------------ open / close
 
@@ -200,10 +207,15 @@ class PartitionLog:
                     if not is_last:
                         segment.seal()
                 segments.append(segment)
+        snapshot = None
         if clean:
+            snapshot_path = directory / PRODUCER_SNAPSHOT_FILE
+            with contextlib.suppress(OSError):  # missing or unreadable: rebuilt from the log
+                snapshot = snapshot_path.read_bytes()
+            fileio.unlink(snapshot_path)  # stale once anything is appended
             fileio.unlink(clean_marker)
             fileio.fsync_dir(directory)
-        partition = cls(directory, config, fileio, clock, segments, report)
+        partition = cls(directory, config, fileio, clock, segments, report, snapshot)
         if not clean:
             try:
                 partition._write_checkpoint(segments[-1].base_offset)
@@ -226,6 +238,7 @@ class PartitionLog:
                 active.offset_index.trim()
                 active.time_index.trim()
                 if self._damaged_base is None:  # else the next open must scan the damage
+                    self._write_producer_snapshot()
                     self._fileio.write_atomic(self.directory / CLEAN_SHUTDOWN_FILE, b"")
             for segment in self._segments:
                 segment.close()
@@ -607,6 +620,15 @@ class PartitionLog:
         return None
 
     # ------------------------------------------------------------------ maintenance
+
+    def _write_producer_snapshot(self) -> None:
+        """Spare the next clean start a read of every batch header (best effort)."""
+        try:
+            self._fileio.write_atomic(self.directory / PRODUCER_SNAPSHOT_FILE,
+                                      self._producers.snapshot(self._next_offset))
+        except OSError as exc:
+            log.warning("partition %s: producer state snapshot not written (%s); the next "
+                        "start reads it from the log", self.directory, exc)
 
     def _rebuild_producer_state(self) -> None:
         self._producers.clear()

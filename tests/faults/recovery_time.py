@@ -1,6 +1,7 @@
 """Recovery time of one large partition log (RELIABILITY-PLAN T4): a benchmark, not a test.
 
     python -m tests.faults.recovery_time --gib 1 [--dir DIR]
+    python -m tests.faults.recovery_time --gib 10 --partitions 100   # (c), a clean start
 
 Writes ``--gib`` GiB of 8.5 KiB lz4 batches (16 records of 1032 bytes) in 128 MiB segments
 to one partition with the engine (no server), then leaves it as a crash would (no
@@ -9,6 +10,10 @@ clean-shutdown marker) and times:
 - ``full``: ``PartitionLog.open`` with the recovery checkpoint deleted, so every segment is
   scanned (CRC-32C of every batch, index rebuild);
 - ``tail``: the same with the checkpoint in place (only segments past it are scanned);
+
+With ``--partitions N`` it measures case (c) instead: ``--gib`` GiB spread over one topic of N
+partitions, written through the broker and closed cleanly, then the seconds from starting a
+real server process (``python -m grpc_api``) to its "serving" line, three times.
 
 Prints one line per measurement, in seconds and seconds per GiB.
 """
@@ -22,19 +27,19 @@ import tempfile
 import time
 from pathlib import Path
 
+from engine.broker import Broker
 from engine.config import TopicConfig
 from engine.log.files import RECOVERY_CHECKPOINT_FILE
 from engine.log.partition_log import PartitionLog
 from engine.records.batch import NewRecord, encode_batch
 from engine.records.compression import Codec
+from grpc_api.testing import ServerProcess
 
 
 def _write(directory: Path, total_bytes: int) -> None:
     config = TopicConfig.from_dict({"durability": "async", "segment.bytes": str(128 * 2**20)})
     log = PartitionLog.open(directory, config)
-    payloads = [os.urandom(512) + b"compressible " * 40 for _ in range(64)]
-    records = [NewRecord(payloads[i % 64]) for i in range(16)]
-    batch = encode_batch(records, codec=Codec.LZ4)
+    batch = _batch()
     while log.size_bytes < total_bytes:
         log.append(batch, wait_durable=False)
     log.flush()
@@ -50,13 +55,48 @@ def _time_open(directory: Path) -> float:
     return elapsed
 
 
+def _batch() -> bytes:
+    payloads = [os.urandom(512) + b"compressible " * 40 for _ in range(64)]
+    return encode_batch([NewRecord(payloads[i % 64]) for i in range(16)], codec=Codec.LZ4)
+
+
+def _clean_start(root: Path, gib: float, partitions: int) -> None:
+    data = root / "data"
+    started = time.perf_counter()
+    with Broker.open(data, background=False) as broker:
+        broker.create_topic("big", partitions, {"durability": "async",
+                                                "segment.bytes": str(128 * 2**20)})
+        logs = [broker.partition("big", n) for n in range(partitions)]
+        batch, total, target = _batch(), 0, int(gib * 2**30)
+        while total < target:
+            for log in logs:
+                log.append(batch, wait_durable=False)
+            total += len(batch) * partitions
+        for log in logs:
+            log.flush()
+    print(f"wrote {total} bytes over {partitions} partitions in "
+          f"{time.perf_counter() - started:.1f} s (closed cleanly)")
+    for run in range(3):
+        started = time.perf_counter()
+        server = ServerProcess(data, env={"MOLDAU_LOG_LEVEL": "WARNING"})
+        server.start()
+        serving = time.perf_counter() - started
+        server.stop()
+        print(f"clean start {run + 1}: {serving:.2f} s to SERVING")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gib", type=float, default=1.0)
     parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument("--partitions", type=int, default=0,
+                        help="case (c): a clean start with this many partitions")
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(dir=args.dir))
     try:
+        if args.partitions:
+            _clean_start(root, args.gib, args.partitions)
+            return 0
         partition = root / "data" / "big-0"
         started = time.perf_counter()
         _write(partition, int(args.gib * 2**30))

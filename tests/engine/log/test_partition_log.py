@@ -16,7 +16,7 @@ from engine.errors import (
     OutOfOrderSequenceError,
     ProducerFencedError,
 )
-from engine.log.files import CLEAN_SHUTDOWN_FILE
+from engine.log.files import CLEAN_SHUTDOWN_FILE, PRODUCER_SNAPSHOT_FILE
 from engine.log.partition_log import PartitionLog
 from engine.records.batch import decode_batches
 from engine.records.errors import CorruptBatchError, InvalidBatchError
@@ -214,6 +214,56 @@ def test_idempotent_producer_dedup_gap_and_fencing(open_log: Opener) -> None:
     again = reopened.append(make_batch(2, producer_id=7, producer_epoch=1, base_sequence=0))
     assert again.duplicate
     assert again.base_offset == 10
+    reopened.close()
+
+
+def test_clean_start_loads_producer_state_without_reading_the_log(
+    open_log: Opener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = open_log()
+    for producer in (7, 8):
+        for sequence in range(0, 30, 5):
+            log.append(make_batch(5, producer_id=producer, producer_epoch=2,
+                                  base_sequence=sequence))
+    log.close()
+    snapshot = log.directory / PRODUCER_SNAPSHOT_FILE
+    assert snapshot.exists()
+    scans: list[int] = []
+    monkeypatch.setattr(PartitionLog, "_rebuild_producer_state",
+                        lambda self: scans.append(1))
+    reopened = open_log()
+    assert scans == []  # loaded from the snapshot, no header read
+    assert not snapshot.exists()  # stale from the first append on; rewritten at close
+    again = reopened.append(make_batch(5, producer_id=8, producer_epoch=2, base_sequence=25))
+    assert (again.duplicate, again.base_offset) == (True, 55)
+    with pytest.raises(OutOfOrderSequenceError):
+        reopened.append(make_batch(5, producer_id=7, producer_epoch=2, base_sequence=40))
+    with pytest.raises(ProducerFencedError):
+        reopened.append(make_batch(5, producer_id=7, producer_epoch=1, base_sequence=0))
+    reopened.close()
+
+
+@pytest.mark.parametrize("damage", ["flip", "cut", "stale"])
+def test_a_damaged_or_stale_producer_snapshot_is_rebuilt_from_the_log(
+    open_log: Opener, damage: str
+) -> None:
+    log = open_log()
+    log.append(make_batch(5, producer_id=7, producer_epoch=0, base_sequence=0))
+    log.close()
+    snapshot = log.directory / PRODUCER_SNAPSHOT_FILE
+    data = bytearray(snapshot.read_bytes())
+    if damage == "flip":
+        data[12] ^= 0x01
+    elif damage == "cut":
+        data = data[:-3]
+    else:  # taken at another log end than the one found on open
+        log = open_log()
+        log.append(make_batch(5, producer_id=7, producer_epoch=0, base_sequence=5))
+        log.close()
+    snapshot.write_bytes(bytes(data))  # "stale": the older one, taken at log end 5, not 10
+    reopened = open_log()
+    retry = reopened.append(make_batch(5, producer_id=7, producer_epoch=0, base_sequence=0))
+    assert (retry.duplicate, retry.base_offset) == (True, 0)
     reopened.close()
 
 
