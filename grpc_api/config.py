@@ -107,7 +107,7 @@ class ServerConfig:
     log_level: str = "INFO"
     log_format: str = "text"
     max_connections: int = 1_000
-    max_in_flight_per_connection: int = 100
+    max_in_flight_per_connection: int = 1_000
     max_topics: int = 10_000
     max_partitions_per_topic: int = 10_000
     max_partitions: int = 100_000

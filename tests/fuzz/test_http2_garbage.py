@@ -65,7 +65,7 @@ from tests.fuzz import raw_http2 as h2
 from tests.fuzz.test_grpc_fuzz import GoodClient
 
 MAX_REQUEST_BYTES = MIB
-#: Calls per connection (``max_in_flight_per_connection``, 100 by default) so that filling
+#: Calls per connection (``max_in_flight_per_connection``), lowered from 1,000 so that filling
 #: a connection stays cheap: every call the server holds costs it about 25 KiB that it keeps
 #: (see ``test_abandoned_calls_cost_little_memory_each``).
 STREAM_LIMIT = 100
@@ -543,7 +543,7 @@ def test_abandoned_calls_cost_little_memory_each(server: ServerProcess) -> None:
     """The figure behind ``KEPT_STREAMS``: memory per call opened and never finished.
 
     Nothing bounds these calls across connections (each connection may hold
-    ``max_in_flight_per_connection`` of them, 100 by default), so their unit cost is what an
+    ``max_in_flight_per_connection`` of them, 1,000 by default), so their unit cost is what an
     abusive client can multiply; the test fails if it grows past 64 KiB. The memory is not
     returned to the system when the connections close (the "after closing" figure).
     """
