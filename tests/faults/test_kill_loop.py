@@ -144,7 +144,11 @@ def test_kill_pause_tear_loses_nothing_acknowledged(tmp_path: Path) -> None:
         ends = log_end_offsets(server.address, TOPIC, PARTITIONS)
         deadline = time.monotonic() + 120
         while not reader.caught_up(ends):
-            assert time.monotonic() < deadline, f"{at}: the group never caught up to {ends}"
+            assert time.monotonic() < deadline, (
+                f"{at}: the group never caught up to {ends}: positions {reader.positions}, "
+                f"poll/commit errors {reader.errors}, committed "
+                f"{committed_offsets(server.address, GROUP)}"
+            )
             time.sleep(0.1)
         reader.stop()
         while not queue.drained(ends):
