@@ -7,6 +7,7 @@ import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -132,6 +133,51 @@ def test_lost_acknowledgement_is_resent_and_deduplicated(
     assert second.offset == 100
     records = read_all(address, topic, 101)
     assert len(records) == 101
+
+
+def test_a_broken_stream_keeps_the_order_of_resends(
+    address: str, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream breaks while one drain is being written: the batches not yet written wait
+    behind the requeued ones instead of going ahead on a new stream (where the broker would
+    store them first, and the resends could fall out of the five batches it remembers)."""
+    original_send_all, original_send = Sender._send_all, Sender._send
+    writes: list[tuple[int, int, int, int]] = []  # stream, partition, base sequence, count
+    cut = {"armed": False, "done": False}
+
+    async def send_all(self: Sender, batches: list[Any]) -> None:
+        cut["armed"] = len(batches) >= 3 and not cut["done"]
+        await original_send_all(self, batches)
+
+    async def send(self: Sender, batch: Any) -> Any:
+        stream = await original_send(self, batch)
+        writes.append((id(stream), batch.partition, batch.base_sequence, batch.count))
+        if cut["armed"]:  # the reader saw the connection drop during this write
+            cut["armed"], cut["done"] = False, True
+            self._stream_failed(stream, moldau.UnavailableError("connection lost", None))
+        return stream
+
+    monkeypatch.setattr(Sender, "_send_all", send_all)
+    monkeypatch.setattr(Sender, "_send", send)
+
+    async def run() -> list[list[moldau.BatchMetadata]]:
+        async with moldau.AsyncProducer(address, retry_backoff_ms=10) as producer:
+            futures = [await producer.send_many(topic, [b"%d" % n] * 20, partition=0)
+                       for n in range(10)]
+            await producer.flush(10)
+            return [await future for future in futures]
+
+    results = asyncio.run(run())
+    assert cut["done"], "no drain held three batches"
+    assert [b.base_offset for batches in results for b in batches] == list(range(0, 200, 20))
+    by_stream: dict[int, list[tuple[int, int]]] = {}
+    for stream, _, sequence, count in writes:
+        by_stream.setdefault(stream, []).append((sequence, count))
+    for sent in by_stream.values():  # each stream carries one contiguous run of sequences
+        for (sequence, count), (following, _) in itertools.pairwise(sent):
+            assert following == sequence + count, writes
+    records = read_all(address, topic, 200)
+    assert [r.value for r in records] == [b"%d" % n for n in range(10) for _ in range(20)]
 
 
 def test_broker_restart_loses_and_duplicates_nothing(tmp_path: Path) -> None:

@@ -147,8 +147,7 @@ class Sender:
             now = time.monotonic()
             self._expire(now)
             if now >= self._retry_at:
-                for batch in accumulator.drain(now):
-                    await self._send(batch)
+                await self._send_all(accumulator.drain(now))
             if self._closing and accumulator.pending_count() == 0:
                 return
             deadline = accumulator.next_deadline()
@@ -161,15 +160,33 @@ class Sender:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
-    async def _send(self, batch: PendingBatch) -> None:
+    async def _send_all(self, batches: list[PendingBatch]) -> None:
+        """Write one drain's batches, all on one stream.
+
+        If that stream breaks part way, the batches not yet written go back to their queues
+        with the ones it had in flight. Writing them on a new stream instead would put them
+        ahead of those earlier batches: the broker would store them, and the earlier batches,
+        resent later, could fall out of the five it remembers per producer and be refused as
+        out of sequence although they were stored.
+        """
+        stream = None
+        for index, batch in enumerate(batches):
+            if stream is not None and self._call is not stream:
+                self._accumulator.requeue(batches[index:])
+                return
+            stream = await self._send(batch)
+
+    async def _send(self, batch: PendingBatch) -> Any:
+        """Write ``batch`` on the current stream (opened if needed); returns that stream."""
+        stream = self._call
         try:
             data = batch.encode(self._codec, self._producer_id)
         except (ValueError, TypeError) as exc:
             self._fail(batch, MoldauError(f"cannot encode the batch: {exc}"))
-            return
-        if self._call is None:
+            return stream
+        if stream is None:
             self._open_stream()
-        stream = self._call
+            stream = self._call
         correlation_id = next(self._correlation)
         self._in_flight[correlation_id] = batch
         request = produce_pb2.ProduceRequest(
@@ -182,6 +199,7 @@ class Sender:
             await stream.write(request)
         except Exception as exc:  # the stream ended under us; its reader has (or will) requeue
             self._stream_failed(stream, exc)
+        return stream
 
     def _open_stream(self) -> None:
         assert self._produce is not None
