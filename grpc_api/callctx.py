@@ -130,7 +130,10 @@ class CallContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc] 
         limited = self.max_connections > 0
 
         async def counted(request: Any, context: Any) -> Any:
-            request = await _checked(request, context, streamed)
+            if streamed:
+                request = _checked(request, context)
+            elif isinstance(request, _Undecodable):
+                await _reject(context, request)
             if not limited:
                 return await behavior(request, context)
             peer = await self._enter(context)
@@ -149,7 +152,10 @@ class CallContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc] 
         limited = self.max_connections > 0
 
         async def counted(request: Any, context: Any) -> AsyncIterator[Any]:
-            request = await _checked(request, context, streamed)
+            if streamed:
+                request = _checked(request, context)
+            elif isinstance(request, _Undecodable):
+                await _reject(context, request)
             peer = await self._enter(context) if limited else ""
             try:
                 async for response in behavior(request, context):
@@ -198,17 +204,9 @@ async def _reject(context: Any, bad: _Undecodable) -> None:
     )
 
 
-async def _checked(request: Any, context: Any, streamed: bool) -> Any:
-    """``request``, or for a request stream an iterator that rejects the first bad body."""
-    if not streamed:
-        if isinstance(request, _Undecodable):
-            await _reject(context, request)
-        return request
-
-    async def checked() -> AsyncIterator[Any]:
-        async for message in request:
-            if isinstance(message, _Undecodable):
-                await _reject(context, message)
-            yield message
-
-    return checked()
+async def _checked(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+    """A request stream that rejects its first body that did not parse."""
+    async for message in requests:
+        if isinstance(message, _Undecodable):
+            await _reject(context, message)
+        yield message

@@ -287,6 +287,11 @@ class PartitionLog:
         return len(self._segments)
 
     @property
+    def largest_timestamp(self) -> int:
+        """The largest record timestamp stored (-1 when empty), from the time indexes."""
+        return max((s.largest_timestamp for s in self._segments), default=-1)
+
+    @property
     def read_only_reason(self) -> str | None:
         return self._read_only_reason
 

@@ -333,7 +333,12 @@ def validate_produce_batch(
             "is negative; an idempotent batch starts at sequence 0 (or send producerId -1)"
         )
     verify_crc(buf, 0, header)
-    _, data = _records_data(buf, 0, max_batch_bytes, max_decompressed_bytes, False)
+    codec = header.attributes & CODEC_MASK
+    data: BytesLike
+    if codec == Codec.NONE:  # checked in place: no copy of the payload on the produce path
+        data = memoryview(buf)[RECORDS_OFFSET : header.size]
+    else:
+        data = _decompressed(buf, 0, header, max_decompressed_bytes)
     check_records(
         data, count=header.record_count, last_delta=header.last_offset_delta, position=0
     )
@@ -571,12 +576,16 @@ def _records_data(
     header = parse_header(buf, position, max_batch_bytes)
     if check:
         verify_crc(buf, position, header)
+    if header.attributes & CODEC_MASK == Codec.NONE:
+        return header, bytes(buf[position + RECORDS_OFFSET : position + header.size])
+    return header, _decompressed(buf, position, header, max_decompressed)
+
+
+def _decompressed(buf: BytesLike, position: int, header: BatchHeader, max_bytes: int) -> bytes:
+    """The records of a compressed batch, at most ``max_bytes`` of them."""
     payload = memoryview(buf)[position + RECORDS_OFFSET : position + header.size]
-    codec = header.attributes & CODEC_MASK
-    if codec == Codec.NONE:
-        return header, bytes(payload)
     try:
-        return header, decompress(Codec(codec), payload, max_decompressed)
+        return decompress(Codec(header.attributes & CODEC_MASK), payload, max_bytes)
     except InvalidBatchError as exc:
         raise InvalidBatchError(f"records payload: {exc.reason}", position) from exc
 

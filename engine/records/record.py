@@ -37,13 +37,6 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.records.errors import InvalidBatchError
-
-try:
-    from engine.records import _crecords
-
-    NATIVE = True
-except ImportError:  # not built (no compiler at install): the Python record loop checks
-    NATIVE = False
 from engine.records.varint import (
     INT32_MAX,
     NULL_VARINT,
@@ -54,6 +47,13 @@ from engine.records.varint import (
     encode_varint_column,
     encode_varlong,
 )
+
+try:
+    from engine.records import _crecords
+
+    NATIVE = True
+except ImportError:  # not built (no compiler at install): the Python record loop checks
+    NATIVE = False
 
 MIN_RECORD_BODY = 6  # attributes, timestampDelta, offsetDelta, keyLength, valueLength, count
 UNIFORM_MIN_RECORDS = 32  # below this numpy's fixed cost exceeds the Python loop's
@@ -277,7 +277,9 @@ def uniform_values(data: bytes, count: int, last_delta: int) -> list[bytes] | No
     return [data[p : p + vlen] for p in np.concatenate(positions).tolist()]
 
 
-def check_records(data: bytes, *, count: int, last_delta: int, position: int) -> None:
+def check_records(
+    data: bytes | memoryview, *, count: int, last_delta: int, position: int
+) -> None:
     """Raise :class:`InvalidBatchError` unless :func:`decode_records` would decode ``data``.
 
     The produce path's check, building nothing: the C twin of the record loop
@@ -287,10 +289,10 @@ def check_records(data: bytes, *, count: int, last_delta: int, position: int) ->
     what the loop accepts (a differential property test holds them together), so the check
     and the decoders can never disagree.
     """
-    if NATIVE:
-        if _crecords.check(data, count, last_delta):
-            return
-    elif _uniform_layout(data, count, last_delta) is not None:
+    if NATIVE and _crecords.check(data, count, last_delta):
+        return
+    data = bytes(data)  # the Python paths slice bytes (no copy when it is bytes already)
+    if not NATIVE and _uniform_layout(data, count, last_delta) is not None:
         return
     decode_record_values(data, count=count, last_delta=last_delta, position=position)
 

@@ -36,7 +36,7 @@ class StorePartition:
         self.checkpointing = threading.Lock()
         self.since_checkpoint = 0
         #: The largest event timestamp written: new stamps never go below it (under ``lock``).
-        self.last_timestamp_ms = max((s.largest_timestamp for s in log.segments()), default=-1)
+        self.last_timestamp_ms = log.largest_timestamp
 
     def stamp(self, now_ms: int) -> int:
         """The timestamp for the next append (under ``lock``): the clock, held at the last
