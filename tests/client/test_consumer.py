@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 import threading
 import time
@@ -146,3 +147,31 @@ def test_a_corrupted_batch_is_refused(address: str, topic: str) -> None:
         consumer._buffer.put(Chunk(TopicPartition(topic, 0), generation, bytes(batch), 2))
         with pytest.raises(moldau.CorruptRecordError, match="CRC"):
             consumer.poll(timeout_ms=100)
+
+
+def test_a_partition_resumes_after_its_topic_is_recreated(address: str, topic: str) -> None:
+    """A deleted topic is raised from poll once it is gone, and the partition stays assigned
+    and tried again: once the topic is back, its records arrive without a new assign."""
+    fill(address, topic, 5)
+    with Consumer(address, auto_offset_reset="earliest") as consumer:
+        consumer.assign_all(topic)
+        assert len(consumer.poll(timeout_ms=5000, max_records=5)) == 5
+        with moldau.Admin(address) as admin:
+            admin.delete_topic(topic)
+        deadline = time.monotonic() + 20
+        raised: Exception | None = None
+        while raised is None and time.monotonic() < deadline:
+            try:
+                consumer.poll(timeout_ms=200)
+            except moldau.TopicNotFoundError as exc:
+                raised = exc
+        assert raised is not None, "the deleted topic was never reported"
+        with moldau.Admin(address) as admin:
+            admin.create_topic(topic, 1, {"durability": "async"})
+        fill(address, topic, 3)
+        records: list[moldau.ConsumerRecord] = []
+        deadline = time.monotonic() + 20
+        while len(records) < 3 and time.monotonic() < deadline:
+            with contextlib.suppress(moldau.TopicNotFoundError):
+                records += consumer.poll(timeout_ms=200)
+        assert [(r.offset, r.value) for r in records] == [(0, b"0"), (1, b"1"), (2, b"2")]

@@ -9,8 +9,9 @@ growing a queue.
 
 A broken stream (broker restart, connection loss) is reopened after a backoff at the offset
 after the last chunk received, with the credit not yet spent. OUT_OF_RANGE (retention passed
-the position) is resolved by ``auto_offset_reset``; NOT_FOUND and other final errors are
-delivered as an error chunk, which the consumer raises from ``poll``.
+the position) is resolved by ``auto_offset_reset``; NOT_FOUND and other errors are delivered as
+an error chunk, which the consumer raises from ``poll``, and the partition is tried again every
+5 s, so it resumes by itself once the cause is gone.
 
 Runs on one event loop (the caller's, or the sync consumer's loop thread).
 """
@@ -40,6 +41,8 @@ _RETRIABLE = frozenset(
     {_S.UNAVAILABLE, _S.CANCELLED, _S.INTERNAL, _S.UNKNOWN, _S.DEADLINE_EXCEEDED}
 )
 _MAX_BACKOFF_S = 2.0
+#: The wait before trying a partition again after an error that is not transient by its code.
+_FINAL_ERROR_BACKOFF_S = 5.0
 
 
 @dataclass(slots=True)
@@ -213,12 +216,15 @@ class Fetcher:
                     spec = common_pb2.OffsetSpec(kind=kind)
                     continue
                 if error.code not in _RETRIABLE:
+                    # the application hears of it from poll, and the partition is tried again
+                    # (slowly): a topic being recreated or a limit lifting must not leave it
+                    # unread until the next rebalance
                     self.buffer.put(Chunk(stream.tp, stream.generation, error=error))
-                    return
+                    backoff = max(backoff, _FINAL_ERROR_BACKOFF_S)
             finally:
                 call.cancel()
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, _MAX_BACKOFF_S)
+            backoff = min(backoff * 2, max(backoff, _MAX_BACKOFF_S))
 
     def _subscribe(self, stream: _Stream, spec: common_pb2.OffsetSpec | None) -> Any:
         assert self._stub is not None
