@@ -1,5 +1,9 @@
 /*
- * The produce path's record check in C: ``check(data, count, last_delta)`` is True exactly
+ * The record loops in C.  ``decode(...)`` returns what ``record.decode_records`` returns, or
+ * None where it would raise (the caller then runs it for the precise error); readers of the
+ * log (queue scans and loads, routing, fetch-side decoding) use it.
+ *
+ * The produce path's record check: ``check(data, count, last_delta)`` is True exactly
  * when ``record.decode_record_values`` would decode ``data`` (an uncompressed records
  * section), without building anything.  The Python loop stays the reference: on False the
  * caller runs it, so the error a client sees is the Python one, with its precise message.
@@ -111,6 +115,243 @@ records_ok(const unsigned char *d, Py_ssize_t size, Py_ssize_t count, long long 
     return pos == size;
 }
 
+/* ------------------------------------------------------------------ decoding */
+
+#define DVARINT(target)                                             \
+    if (moldau_zigzag(d, size, &pos, 5, 32, &(target)) != ZIGZAG_OK) { \
+        goto refuse;                                                \
+    }
+
+static PyObject *s_key, *s_value; /* "key", "value": Header's slots */
+
+/* A Header(key, value) without running the frozen dataclass's __init__ (which goes
+ * through object.__setattr__ per field anyway): allocate, then set the two slots. */
+static PyObject *
+new_header(PyTypeObject *header_type, PyObject *key, PyObject *value)
+{
+    PyObject *header = header_type->tp_alloc(header_type, 0);
+    if (header == NULL) {
+        return NULL;
+    }
+    if (PyObject_GenericSetAttr(header, s_key, key) < 0
+        || PyObject_GenericSetAttr(header, s_value, value) < 0) {
+        Py_DECREF(header);
+        return NULL;
+    }
+    return header;
+}
+
+/* The headers of one record as a tuple (*out), or 0 to refuse (no exception set) or -1 on an
+ * error (exception set).  The same checks as record._decode_headers. */
+static int
+decode_headers(const unsigned char *d, Py_ssize_t size, Py_ssize_t *at, Py_ssize_t end,
+               PyTypeObject *header_type, PyObject **out)
+{
+    Py_ssize_t pos = *at;
+    int64_t count;
+    PyObject *headers = NULL;
+    DVARINT(count);
+    if (end - pos < 0 || count < 0 || count > (end - pos) / 2) {
+        goto refuse;
+    }
+    headers = PyTuple_New((Py_ssize_t)count);
+    if (headers == NULL) {
+        return -1;
+    }
+    for (int64_t n = 0; n < count; n++) {
+        int64_t klen, vlen;
+        DVARINT(klen);
+        if (klen < 0 || klen > end - pos) {
+            goto refuse;
+        }
+        PyObject *key = PyUnicode_DecodeUTF8((const char *)d + pos, (Py_ssize_t)klen,
+                                             "strict");
+        if (key == NULL) {
+            PyErr_Clear();
+            goto refuse;
+        }
+        pos += (Py_ssize_t)klen;
+        PyObject *value;
+        if (moldau_zigzag(d, size, &pos, 5, 32, &vlen) != ZIGZAG_OK
+            || (vlen != -1 && (vlen < 0 || vlen > end - pos))) {
+            Py_DECREF(key);
+            goto refuse;
+        }
+        if (vlen == -1) {
+            value = Py_NewRef(Py_None);
+        }
+        else {
+            value = PyBytes_FromStringAndSize((const char *)d + pos, (Py_ssize_t)vlen);
+            pos += (Py_ssize_t)vlen;
+        }
+        PyObject *header = value ? new_header(header_type, key, value) : NULL;
+        Py_DECREF(key);
+        Py_XDECREF(value);
+        if (header == NULL) {
+            Py_DECREF(headers);
+            return -1;
+        }
+        PyTuple_SET_ITEM(headers, (Py_ssize_t)n, header);
+    }
+    *at = pos;
+    *out = headers;
+    return 1;
+refuse:
+    Py_XDECREF(headers);
+    return 0;
+}
+
+/* key or value: bytes, or None for length -1 */
+static PyObject *
+field(const unsigned char *d, Py_ssize_t pos, int64_t length)
+{
+    if (length < 0) {
+        return Py_NewRef(Py_None);
+    }
+    return PyBytes_FromStringAndSize((const char *)d + pos, (Py_ssize_t)length);
+}
+
+/* The records as a list of record_type tuples, Py_None to refuse (the Python loop then
+ * raises its precise error), or NULL on an error.  Every check of records_ok, in order. */
+static PyObject *
+decode_all(const unsigned char *d, Py_ssize_t size, Py_ssize_t count, long long base_offset,
+           long long base_ts, long long last_delta, PyObject *append_time,
+           PyTypeObject *record_type, PyTypeObject *header_type)
+{
+    if (count < 0 || count > size) { /* a record takes at least one byte */
+        Py_RETURN_NONE;
+    }
+    PyObject *records = PyList_New(count);
+    PyObject *empty = PyTuple_New(0);
+    if (records == NULL || empty == NULL) {
+        Py_XDECREF(records);
+        Py_XDECREF(empty);
+        return NULL;
+    }
+    Py_ssize_t pos = 0;
+    for (Py_ssize_t index = 0; index < count; index++) {
+        int64_t length, ts_delta, delta, klen = -1, vlen;
+        Py_ssize_t key_at, value_at;
+        PyObject *headers;
+        DVARINT(length);
+        if (length < MIN_RECORD_BODY || length > size - pos) {
+            goto refuse;
+        }
+        Py_ssize_t end = pos + (Py_ssize_t)length;
+        pos += 1; /* attributes */
+        if (moldau_zigzag(d, size, &pos, 10, 64, &ts_delta) != ZIGZAG_OK) {
+            goto refuse;
+        }
+        DVARINT(delta);
+        if (pos >= size) {
+            goto refuse;
+        }
+        if (d[pos] == 1) {
+            pos += 1;
+        }
+        else {
+            DVARINT(klen);
+            if (klen < 0 || klen > size - pos) {
+                goto refuse;
+            }
+        }
+        key_at = pos;
+        pos += klen > 0 ? (Py_ssize_t)klen : 0;
+        DVARINT(vlen);
+        if (vlen < -1 || (vlen >= 0 && vlen > size - pos)) {
+            goto refuse;
+        }
+        value_at = pos;
+        pos += vlen > 0 ? (Py_ssize_t)vlen : 0;
+        if (pos >= size) {
+            goto refuse;
+        }
+        if (d[pos] == 0) {
+            pos += 1;
+            headers = Py_NewRef(empty);
+        }
+        else {
+            int got = decode_headers(d, size, &pos, end, header_type, &headers);
+            if (got < 0) {
+                goto error;
+            }
+            if (got == 0) {
+                goto refuse;
+            }
+        }
+        if (pos != end || delta < 0 || delta > last_delta) {
+            Py_DECREF(headers);
+            goto refuse;
+        }
+        PyObject *record = record_type->tp_alloc(record_type, 5);
+        PyObject *offset = moldau_exact_sum(base_offset, delta);
+        PyObject *timestamp = append_time != Py_None ? Py_NewRef(append_time)
+                                                      : moldau_exact_sum(base_ts, ts_delta);
+        PyObject *key = field(d, key_at, klen);
+        PyObject *value = field(d, value_at, vlen);
+        if (record == NULL || offset == NULL || timestamp == NULL || key == NULL
+            || value == NULL) {
+            Py_XDECREF(record);
+            Py_XDECREF(offset);
+            Py_XDECREF(timestamp);
+            Py_XDECREF(key);
+            Py_XDECREF(value);
+            Py_DECREF(headers);
+            goto error;
+        }
+        PyTuple_SET_ITEM(record, 0, offset);
+        PyTuple_SET_ITEM(record, 1, timestamp);
+        PyTuple_SET_ITEM(record, 2, key);
+        PyTuple_SET_ITEM(record, 3, value);
+        PyTuple_SET_ITEM(record, 4, headers);
+        PyList_SET_ITEM(records, index, record);
+    }
+    Py_DECREF(empty);
+    if (pos != size) {
+        Py_DECREF(records);
+        Py_RETURN_NONE;
+    }
+    return records;
+refuse:
+    Py_DECREF(records);
+    Py_DECREF(empty);
+    Py_RETURN_NONE;
+error:
+    Py_DECREF(records);
+    Py_DECREF(empty);
+    return NULL;
+}
+
+PyDoc_STRVAR(decode_doc,
+"decode(data, count, base_offset, base_ts, last_delta, append_time, record_type,\n"
+"       header_type) -> list | None\n\n"
+"The records record.decode_records would return, or None where it would raise (it is then\n"
+"run to raise its precise error). append_time None: each record's own timestamp.");
+
+static PyObject *
+decode(PyObject *module, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t count;
+    long long base_offset, base_ts, last_delta;
+    PyObject *append_time, *record_type, *header_type;
+    if (!PyArg_ParseTuple(args, "y*nLLLOO!O!", &view, &count, &base_offset, &base_ts,
+                          &last_delta, &append_time, &PyType_Type, &record_type,
+                          &PyType_Type, &header_type)) {
+        return NULL;
+    }
+    if (!PyType_IsSubtype((PyTypeObject *)record_type, &PyTuple_Type)) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_TypeError, "record_type must be a tuple subclass");
+        return NULL;
+    }
+    PyObject *result = decode_all((const unsigned char *)view.buf, view.len, count,
+                                  base_offset, base_ts, last_delta, append_time,
+                                  (PyTypeObject *)record_type, (PyTypeObject *)header_type);
+    PyBuffer_Release(&view);
+    return result;
+}
+
 PyDoc_STRVAR(check_doc,
 "check(data, count, last_delta) -> bool\n\n"
 "True when decode_record_values would decode ``data`` (count records, offset deltas in\n"
@@ -132,6 +373,7 @@ check(PyObject *module, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"check", check, METH_VARARGS, check_doc},
+    {"decode", decode, METH_VARARGS, decode_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -144,5 +386,10 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__crecords(void)
 {
+    s_key = PyUnicode_InternFromString("key");
+    s_value = PyUnicode_InternFromString("value");
+    if (s_key == NULL || s_value == NULL) {
+        return NULL;
+    }
     return PyModule_Create(&module);
 }

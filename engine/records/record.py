@@ -353,8 +353,14 @@ def decode_records(
 
     One long loop on purpose: varints of one or two bytes (nearly all of them) are decoded
     inline, because a helper call per field would cost about a third of the throughput.
-    ``position`` (the batch's) only labels errors.
+    ``position`` (the batch's) only labels errors. The C loop (``_crecords.decode``) returns
+    the same list when it was built; where it refuses, this loop runs to raise the error.
     """
+    if NATIVE:
+        native = _crecords.decode(data, count, base_offset, base_ts, last_delta, append_time,
+                                  Record, Header)
+        if native is not None:
+            return cast("list[Record]", native)
     records: list[Record] = []
     append = records.append
     new, record_type, varint, varlong = tuple.__new__, Record, decode_varint, decode_varlong

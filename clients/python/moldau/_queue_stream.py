@@ -31,12 +31,13 @@ from moldau._runtime import connection_error
 from moldau.errors import ClientClosedError, MoldauError, error_from_rpc, error_from_status
 from moldau.v1 import queues_pb2, queues_pb2_grpc
 
-__all__ = ["MAX_OUTSTANDING", "ConsumeStream"]
+__all__ = ["MAX_OUTSTANDING", "ConsumeStream", "SettleKind"]
 
 _pb = queues_pb2
 #: Settlement requests awaiting their answer at once; more settlements wait and are batched.
 MAX_OUTSTANDING = 4
 _Kind = Literal["ack", "nack", "reject", "extend", "release"]
+SettleKind = Literal["ack", "nack", "reject"]
 
 
 @dataclass(slots=True)
@@ -143,6 +144,13 @@ class ConsumeStream:
             self._pending.append(_Op(kind, lease_id, future, error, lease_ms))
             self._wake.set()
         return future
+
+    def queue_settlement(self, kind: SettleKind, lease_id: str,
+                         error: str = "") -> asyncio.Future[Any]:
+        """Queue an ack, nack or reject; the future's result is what :meth:`ack` (None or a
+        LeaseError) or :meth:`nack` (a NackResult) returns. For callers settling many
+        messages, a callback on this future is cheaper than a task awaiting each one."""
+        return self._queue_op(kind, lease_id, error)
 
     async def ack(self, lease_id: str) -> LeaseError | None:
         """None once the ack is durable; a LeaseError if the lease was no longer current."""

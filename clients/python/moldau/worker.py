@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import inspect
 import logging
 import signal
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
 
-from moldau._queue_stream import ConsumeStream
+from moldau._queue_stream import ConsumeStream, SettleKind
 from moldau._queue_types import LeaseError, Message
 from moldau._runtime import LoopThread
 from moldau.errors import MoldauError
@@ -114,7 +115,7 @@ class _QueueRunner:
         self._stopping = stopping
         self._drain_timeout_s = drain_timeout_s
         self._held: dict[str, _Held] = {}
-        self._settling: set[asyncio.Task[None]] = set()
+        self._settling: set[asyncio.Future[Any]] = set()
         self._lease_s = route.lease_ms / 1000.0
 
     async def run(self) -> None:
@@ -221,43 +222,47 @@ class _QueueRunner:
         except Exception as exc:  # the handler's failure is the message's outcome
             error = exc
         route.stats.handler_seconds += time.perf_counter() - started
-        # the slot goes on with the next delivery while this one settles; the credit comes
-        # back once it has, so the unsettled deliveries stay within the stream's window
-        task = asyncio.create_task(self._settle_then_credit(stream, message, error))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
-
-    async def _settle_then_credit(self, stream: ConsumeStream, message: Message,
-                                  error: BaseException | None) -> None:
-        try:
-            await self._settle(stream, message, error)
-        except MoldauError as exc:  # the stream failed: the lease will expire
-            self.route.stats.lost += 1
-            log.debug("queue %r: settling offset %d failed: %s", self.route.queue,
-                      message.offset, exc.message)
-        finally:
-            self._held.pop(message.lease_id, None)
+        # the slot goes on with the next delivery while this one settles (a callback on the
+        # settlement's future, not a task per message). The credit goes back now, in the
+        # same request as the settlement (as AMQP's prefetch frees a slot when the ack
+        # arrives, not when it is durable): the broker pushes the next records while it makes
+        # this ack durable. Credit never travels ahead of settlements stuck behind
+        # MAX_OUTSTANDING unanswered requests, so what is unsettled stays bounded.
+        if error is None:
+            settled = stream.queue_settlement("ack", message.lease_id)
+        else:
+            name = type(error).__name__
+            route.stats.errors[name] = route.stats.errors.get(name, 0) + 1
+            text = f"{name}: {error}" if str(error) else name
+            kind: SettleKind = "reject" if isinstance(error, RejectMessage) else "nack"
+            settled = stream.queue_settlement(kind, message.lease_id, text)
+        self._settling.add(settled)
+        settled.add_done_callback(functools.partial(self._settled, message, error is None))
         if not self._stopping.is_set():
             stream.grant(1)
 
-    async def _settle(self, stream: ConsumeStream, message: Message,
-                      error: BaseException | None) -> None:
+    def _settled(self, message: Message, acked: bool, settled: asyncio.Future[Any]) -> None:
+        """The outcome of one settlement, counted in the route's stats."""
+        self._settling.discard(settled)
+        self._held.pop(message.lease_id, None)
         stats = self.route.stats
-        if error is None:
-            lost = await stream.ack(message.lease_id)
-            if lost is None:
+        error = None if settled.cancelled() else settled.exception()
+        if settled.cancelled() or isinstance(error, MoldauError):
+            stats.lost += 1  # the stream failed: the lease will expire
+            log.debug("queue %r: settling offset %d failed: %s", self.route.queue,
+                      message.offset, error)
+            return
+        if error is not None:
+            raise error  # a bug: reported by the loop's exception handler
+        result = settled.result()
+        if acked:
+            if result is None:
                 stats.acked += 1
             else:
                 stats.lost += 1
                 log.warning("queue %r: ack of offset %d failed (%s); it will be delivered "
-                            "again", self.route.queue, message.offset, lost.reason)
-            return
-        name = type(error).__name__
-        stats.errors[name] = stats.errors.get(name, 0) + 1
-        text = f"{name}: {error}" if str(error) else name
-        result = await stream.nack(message.lease_id, text,
-                                   reject=isinstance(error, RejectMessage))
-        if result.outcome == "retry-scheduled":
+                            "again", self.route.queue, message.offset, result.reason)
+        elif result.outcome == "retry-scheduled":
             stats.retried += 1
         elif result.outcome == "dead-lettered":
             stats.dead_lettered += 1
