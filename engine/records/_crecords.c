@@ -216,8 +216,9 @@ field(const unsigned char *d, Py_ssize_t pos, int64_t length)
 static PyObject *
 decode_all(const unsigned char *d, Py_ssize_t size, Py_ssize_t count, long long base_offset,
            long long base_ts, long long last_delta, PyObject *append_time,
-           PyTypeObject *record_type, PyTypeObject *header_type)
+           PyTypeObject *record_type, PyTypeObject *header_type, PyObject *wanted)
 {
+    Py_ssize_t kept = 0;
     if (count < 0 || count > size) { /* a record takes at least one byte */
         Py_RETURN_NONE;
     }
@@ -266,8 +267,24 @@ decode_all(const unsigned char *d, Py_ssize_t size, Py_ssize_t count, long long 
         if (pos >= size) {
             goto refuse;
         }
+        int skip = 0;
+        if (wanted != Py_None) {
+            PyObject *offset = moldau_exact_sum(base_offset, delta);
+            int member = offset ? PySequence_Contains(wanted, offset) : -1;
+            Py_XDECREF(offset);
+            if (member < 0) {
+                goto error;
+            }
+            skip = !member;
+        }
         if (d[pos] == 0) {
             pos += 1;
+            headers = Py_NewRef(empty);
+        }
+        else if (skip) {
+            if (!headers_ok(d, size, &pos, end)) {
+                goto refuse;
+            }
             headers = Py_NewRef(empty);
         }
         else {
@@ -282,6 +299,10 @@ decode_all(const unsigned char *d, Py_ssize_t size, Py_ssize_t count, long long 
         if (pos != end || delta < 0 || delta > last_delta) {
             Py_DECREF(headers);
             goto refuse;
+        }
+        if (skip) {
+            Py_DECREF(headers);
+            continue;
         }
         PyObject *record = record_type->tp_alloc(record_type, 5);
         PyObject *offset = moldau_exact_sum(base_offset, delta);
@@ -304,12 +325,16 @@ decode_all(const unsigned char *d, Py_ssize_t size, Py_ssize_t count, long long 
         PyTuple_SET_ITEM(record, 2, key);
         PyTuple_SET_ITEM(record, 3, value);
         PyTuple_SET_ITEM(record, 4, headers);
-        PyList_SET_ITEM(records, index, record);
+        PyList_SET_ITEM(records, kept++, record);
     }
     Py_DECREF(empty);
     if (pos != size) {
         Py_DECREF(records);
         Py_RETURN_NONE;
+    }
+    if (kept < count && PyList_SetSlice(records, kept, count, NULL) < 0) {
+        Py_DECREF(records);
+        return NULL;
     }
     return records;
 refuse:
@@ -324,9 +349,10 @@ error:
 
 PyDoc_STRVAR(decode_doc,
 "decode(data, count, base_offset, base_ts, last_delta, append_time, record_type,\n"
-"       header_type) -> list | None\n\n"
+"       header_type, wanted=None) -> list | None\n\n"
 "The records record.decode_records would return, or None where it would raise (it is then\n"
-"run to raise its precise error). append_time None: each record's own timestamp.");
+"run to raise its precise error). append_time None: each record's own timestamp. wanted:\n"
+"a container of offsets; only those records are built (all are still checked).");
 
 static PyObject *
 decode(PyObject *module, PyObject *args)
@@ -334,10 +360,10 @@ decode(PyObject *module, PyObject *args)
     Py_buffer view;
     Py_ssize_t count;
     long long base_offset, base_ts, last_delta;
-    PyObject *append_time, *record_type, *header_type;
-    if (!PyArg_ParseTuple(args, "y*nLLLOO!O!", &view, &count, &base_offset, &base_ts,
+    PyObject *append_time, *record_type, *header_type, *wanted = Py_None;
+    if (!PyArg_ParseTuple(args, "y*nLLLOO!O!|O", &view, &count, &base_offset, &base_ts,
                           &last_delta, &append_time, &PyType_Type, &record_type,
-                          &PyType_Type, &header_type)) {
+                          &PyType_Type, &header_type, &wanted)) {
         return NULL;
     }
     if (!PyType_IsSubtype((PyTypeObject *)record_type, &PyTuple_Type)) {
@@ -347,7 +373,8 @@ decode(PyObject *module, PyObject *args)
     }
     PyObject *result = decode_all((const unsigned char *)view.buf, view.len, count,
                                   base_offset, base_ts, last_delta, append_time,
-                                  (PyTypeObject *)record_type, (PyTypeObject *)header_type);
+                                  (PyTypeObject *)record_type, (PyTypeObject *)header_type,
+                                  wanted);
     PyBuffer_Release(&view);
     return result;
 }

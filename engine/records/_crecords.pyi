@@ -1,3 +1,5 @@
+from collections.abc import Container
+
 def check(data: bytes | bytearray | memoryview, count: int, last_delta: int) -> bool: ...
 def decode(
     data: bytes | bytearray | memoryview,
@@ -8,4 +10,6 @@ def decode(
     append_time: int | None,
     record_type: type,
     header_type: type,
+    wanted: Container[int] | None = None,
+    /,
 ) -> list[object] | None: ...

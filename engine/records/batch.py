@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -501,8 +501,10 @@ def decode_batch(
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
     max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES,
     verify_crc: bool = True,
+    wanted: Container[int] | None = None,
 ) -> tuple[BatchHeader, list[Record]]:
-    """Decode the batch at ``position`` into its header and records.
+    """Decode the batch at ``position`` into its header and records (with ``wanted``, only
+    the records at those offsets, though all are checked).
 
     Checks the header, the CRC (unless ``verify_crc`` is False), that exactly recordsCount
     records were decoded and that they end exactly where the batch (or its decompressed
@@ -513,7 +515,8 @@ def decode_batch(
     values = uniform_values(data, header.record_count, header.last_offset_delta)
     if values is not None:
         timestamp = header.base_timestamp if append_time is None else append_time
-        return header, uniform_records(values, header.base_offset, timestamp)
+        records = uniform_records(values, header.base_offset, timestamp)
+        return header, records if wanted is None else [r for r in records if r[0] in wanted]
     records = decode_records(
         data,
         count=header.record_count,
@@ -522,6 +525,7 @@ def decode_batch(
         last_delta=header.last_offset_delta,
         append_time=append_time,
         position=position,
+        wanted=wanted,
     )
     return header, records
 

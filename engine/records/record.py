@@ -28,7 +28,7 @@ and leaves it as :class:`InvalidBatchError`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from typing import NamedTuple, cast
@@ -348,8 +348,11 @@ def decode_records(
     last_delta: int,
     append_time: int | None,
     position: int,
+    wanted: Container[int] | None = None,
 ) -> list[Record]:
     """Decode ``count`` records from the records section ``data`` (already decompressed).
+
+    ``wanted``: only the records at these offsets are returned (all are checked).
 
     One long loop on purpose: varints of one or two bytes (nearly all of them) are decoded
     inline, because a helper call per field would cost about a third of the throughput.
@@ -358,9 +361,14 @@ def decode_records(
     """
     if NATIVE:
         native = _crecords.decode(data, count, base_offset, base_ts, last_delta, append_time,
-                                  Record, Header)
+                                  Record, Header, wanted)
         if native is not None:
             return cast("list[Record]", native)
+    if wanted is not None:
+        every = decode_records(data, count=count, base_offset=base_offset, base_ts=base_ts,
+                               last_delta=last_delta, append_time=append_time,
+                               position=position)
+        return [r for r in every if r.offset in wanted]
     records: list[Record] = []
     append = records.append
     new, record_type, varint, varlong = tuple.__new__, Record, decode_varint, decode_varlong

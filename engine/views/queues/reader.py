@@ -7,7 +7,7 @@ helpers drop records below it, skip control batches, and report the offset to co
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 
 from engine.errors import OffsetOutOfRangeError
 from engine.log.log_protocol import Log
@@ -19,18 +19,21 @@ __all__ = ["READ_BYTES", "iter_records", "load_batch", "load_record", "read_reco
 READ_BYTES = 1 << 20
 
 
-def read_records(log: Log, offset: int, max_bytes: int = READ_BYTES) -> tuple[list[Record], int]:
+def read_records(
+    log: Log, offset: int, max_bytes: int = READ_BYTES, wanted: Container[int] | None = None
+) -> tuple[list[Record], int]:
     """Records at or above ``offset`` from one read, and the offset to continue from.
 
     Returns ``([], offset)`` when ``offset`` is at the high watermark. Raises
     OffsetOutOfRangeError if ``offset`` is below the log start (retention passed it).
+    ``wanted``: build only the records at these offsets.
     """
     data = log.read(offset, max_bytes).data
     records: list[Record] = []
     position = 0
     next_offset = offset
     while position < len(data):
-        header, batch = decode_batch(data, position)
+        header, batch = decode_batch(data, position, wanted=wanted)
         position += header.size
         next_offset = max(next_offset, header.next_offset)
         if header.is_control:
@@ -53,10 +56,11 @@ def load_record(log: Log, offset: int) -> Record | None:
     return None
 
 
-def load_batch(log: Log, offset: int) -> list[Record]:
-    """The records of the batch holding ``offset`` (and any after it in the same read)."""
+def load_batch(log: Log, offset: int, wanted: Container[int] | None = None) -> list[Record]:
+    """The records of the batch holding ``offset`` (and any after it in the same read), only
+    those at ``wanted`` offsets if given."""
     try:
-        return read_records(log, offset, 1)[0]
+        return read_records(log, offset, 1, wanted)[0]
     except OffsetOutOfRangeError:
         return []
 

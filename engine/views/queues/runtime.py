@@ -45,6 +45,9 @@ from engine.views.queues.schedule import parse_schedule
 
 __all__ = ["Expired", "QueueRuntime"]
 
+#: Decoded records kept per partition for redeliveries (see ``QueueRuntime._loaded``).
+_LOADED_MAX = 4096
+
 
 @dataclass(slots=True)
 class _Counters:
@@ -93,6 +96,10 @@ class QueueRuntime:
         self.counters = _Counters()
         self.deleted = False
         self._next_partition = 0
+        # payloads of redelivered records, per partition: a retried record holds none while it
+        # waits, and its batch's other records tend to come due soon after (by backoff), so
+        # one decode serves them all instead of one decode of the whole batch per record
+        self._loaded: dict[int, dict[int, Record]] = {}
         for ps in parts:
             for offset, due_ms in ps.delayed.items():
                 self.delay_heap.append((due_ms, ps.partition, offset))
@@ -184,7 +191,7 @@ class QueueRuntime:
         deadline = monotonic + lease_ms / 1000.0
         expires_ms = now_ms + lease_ms
         log = self.logs[ps.partition]
-        loaded: dict[int, Record] = {}
+        loaded = self._loaded.setdefault(ps.partition, {})
         partition, lease_heap, heappush = ps.partition, self.lease_heap, heapq.heappush
         while wanted > 0:
             offset = ps.pop_ready()
@@ -194,11 +201,16 @@ class QueueRuntime:
                 continue
             record = ps.records.get(offset)
             if record is None:
-                # delayed records hold no payload: decode their batch once per fill, not
-                # once per record (a retried batch comes back together)
+                # delayed records hold no payload: their batch is read once, and of it the
+                # pending records without one (waiting for a retry, a schedule or their key)
+                # are kept, bounded, for when they come due
                 if offset not in loaded:
-                    loaded.update((r.offset, r) for r in load_batch(log, offset))
-                record = loaded.get(offset)
+                    if len(loaded) > _LOADED_MAX:
+                        loaded.clear()
+                    held = ps.records
+                    loaded.update((r.offset, r) for r in load_batch(log, offset, ps.pending)
+                                  if r.offset not in held)
+                record = loaded.pop(offset, None)
                 if record is None:  # removed by retention since it was scanned
                     ps.finish_done(offset)
                     self.counters.lost_to_retention += 1

@@ -121,10 +121,13 @@ def _python_decode(data: bytes, count: int, last_delta: int, base_offset: int, b
 
 
 def _same_records(data: bytes, count: int, last_delta: int, base_offset: int = 0,
-                  base_ts: int = 0, append_time: int | None = None) -> None:
+                  base_ts: int = 0, append_time: int | None = None,
+                  wanted: set[int] | None = None) -> None:
     expected = _python_decode(data, count, last_delta, base_offset, base_ts, append_time)
+    if expected is not None and wanted is not None:
+        expected = [r for r in expected if r.offset in wanted]
     got = _native().decode(data, count, base_offset, base_ts, last_delta, append_time,
-                           Record, Header)
+                           Record, Header, wanted)
     context = (data.hex(), count, last_delta)
     if expected is None:
         assert got is None, context  # refused, so the Python loop raises its message
@@ -143,14 +146,19 @@ def _same_records(data: bytes, count: int, last_delta: int, base_offset: int = 0
        cut=st.integers(0, 3), insert=st.binary(max_size=2), count_skew=st.integers(-1, 1),
        delta_skew=st.integers(-1, 1), base_offset=st.integers(0, 2**63 - 1),
        base_ts=st.integers(-(2**63), 2**63 - 1),
-       append_time=st.one_of(st.none(), st.integers(0, 2**62)))
+       append_time=st.one_of(st.none(), st.integers(0, 2**62)),
+       wanted=st.one_of(st.none(), st.sets(st.integers(0, 12))))
 def test_decode_equals_the_python_loop(
     records: list[NewRecord], edits: list[tuple[int, int]], cut: int, insert: bytes,
     count_skew: int, delta_skew: int, base_offset: int, base_ts: int, append_time: int | None,
+    wanted: set[int] | None,
 ) -> None:
     data = bytearray(encode_batch(records)[61:])
     _same_records(bytes(data), len(records), len(records) - 1, base_offset, base_ts,
                   append_time)
+    if wanted is not None:  # only those offsets are built, every record is still checked
+        _same_records(bytes(data), len(records), len(records) - 1, 0, base_ts, append_time,
+                      wanted)
     for position, value in edits:
         data[position % len(data)] = value
     if insert:
@@ -158,6 +166,8 @@ def test_decode_equals_the_python_loop(
     data = data[: max(0, len(data) - cut)]
     _same_records(bytes(data), len(records) + count_skew, len(records) - 1 + delta_skew,
                   base_offset, base_ts, append_time)
+    _same_records(bytes(data), len(records) + count_skew, len(records) - 1 + delta_skew,
+                  0, base_ts, append_time, wanted or {0})
 
 
 @settings(max_examples=2000, deadline=None)
@@ -178,3 +188,18 @@ def test_valid_batches_are_decoded_in_c() -> None:
     assert got[0].headers == (Header("h", b"1"), Header("n", None))
     with pytest.raises(AttributeError):
         got[0].headers[0].key = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_decode_batch_builds_only_the_wanted_records(native: bool,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.records.batch import decode_batch
+
+    monkeypatch.setattr(record, "NATIVE", native and record.NATIVE)
+    uniform = encode_batch([NewRecord(b"x")] * 40, base_offset=100)
+    mixed = encode_batch([NewRecord(b"%d" % n, headers=(Header("n", None),)) for n in range(40)],
+                         base_offset=100)
+    for batch in (uniform, mixed):
+        _, records = decode_batch(batch, 0, wanted={103, 120, 500})
+        assert [r.offset for r in records] == [103, 120]
+        assert records == [r for r in decode_batch(batch, 0)[1] if r.offset in (103, 120)]
