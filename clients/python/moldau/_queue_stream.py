@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -31,7 +32,7 @@ from moldau._runtime import connection_error
 from moldau.errors import ClientClosedError, MoldauError, error_from_rpc, error_from_status
 from moldau.v1 import queues_pb2, queues_pb2_grpc
 
-__all__ = ["MAX_OUTSTANDING", "ConsumeStream", "SettleKind"]
+__all__ = ["MAX_OUTSTANDING", "ConsumeStream", "SettleCallback", "SettleKind"]
 
 _pb = queues_pb2
 #: Settlement requests awaiting their answer at once; more settlements wait and are batched.
@@ -40,13 +41,40 @@ _Kind = Literal["ack", "nack", "reject", "extend", "release"]
 SettleKind = Literal["ack", "nack", "reject"]
 
 
+#: Called with (result, None) or (None, error) once a settlement is answered.
+SettleCallback = Callable[[Any, "MoldauError | None"], None]
+
+
 @dataclass(slots=True)
 class _Op:
+    """One queued operation; its outcome goes to ``future`` or, cheaper, to ``callback``."""
+
     kind: _Kind
     lease_id: str
-    future: asyncio.Future[Any]
+    future: asyncio.Future[Any] | None
     error: str = ""
     lease_ms: int = 0
+    callback: SettleCallback | None = None
+    done: bool = False
+
+    def resolve(self, result: Any) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.callback is not None:
+            self.callback(result, None)
+        elif self.future is not None and not self.future.done():
+            self.future.set_result(result)
+
+    def reject(self, error: MoldauError) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.callback is not None:
+            self.callback(None, error)
+        elif self.future is not None and not self.future.done():
+            self.future.set_exception(error)
+            self.future.exception()  # retrieved: nobody may be waiting any more
 
 
 class ConsumeStream:
@@ -70,6 +98,7 @@ class ConsumeStream:
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
+        self._answered = asyncio.Event()  # set whenever settlements were answered or failed
         self._error: MoldauError | None = None
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -108,9 +137,8 @@ class ConsumeStream:
 
     async def _drained(self) -> None:
         while self._pending or self._waiting:
-            futures = [op.future for ops in self._waiting.values() for op in ops]
-            futures += [op.future for op in self._pending]
-            await asyncio.gather(*futures, return_exceptions=True)
+            self._answered.clear()
+            await self._answered.wait()
 
     # ------------------------------------------------------------------ deliveries
 
@@ -145,12 +173,17 @@ class ConsumeStream:
             self._wake.set()
         return future
 
-    def queue_settlement(self, kind: SettleKind, lease_id: str,
-                         error: str = "") -> asyncio.Future[Any]:
-        """Queue an ack, nack or reject; the future's result is what :meth:`ack` (None or a
-        LeaseError) or :meth:`nack` (a NackResult) returns. For callers settling many
-        messages, a callback on this future is cheaper than a task awaiting each one."""
-        return self._queue_op(kind, lease_id, error)
+    def queue_settlement(self, kind: SettleKind, lease_id: str, error: str,
+                         callback: SettleCallback) -> None:
+        """Queue an ack, nack or reject whose outcome goes to ``callback(result, error)``:
+        what :meth:`ack` (None or a LeaseError) or :meth:`nack` (a NackResult) returns, or
+        the stream's failure. For callers settling many messages: no future, task or loop
+        callback per message."""
+        if self._error is not None:
+            callback(None, self._error)
+            return
+        self._pending.append(_Op(kind, lease_id, None, error, callback=callback))
+        self._wake.set()
 
     async def ack(self, lease_id: str) -> LeaseError | None:
         """None once the ack is durable; a LeaseError if the lease was no longer current."""
@@ -236,36 +269,34 @@ class ConsumeStream:
 
     def _settled(self, settled: queues_pb2.ConsumeSettled) -> None:
         ops = self._waiting.pop(settled.correlation_id, [])
+        self._answered.set()
         if len(self._waiting) < MAX_OUTSTANDING:
             self._room.set()
         if settled.HasField("error"):
             error = error_from_status(settled.error.code, settled.error.message)
             for op in ops:
-                if not op.future.done():
-                    op.future.set_exception(error)
+                op.reject(error)
             return
         failed = {f.lease_id: LeaseError(f.lease_id, f.reason) for f in settled.failed}
         nacked = {n.lease_id: nack_result(n) for n in settled.nacked}
         extended = {e.lease_id: e.lease_expires_ms for e in settled.extended}
         for op in ops:
-            if op.future.done():
+            if op.kind in ("ack", "release"):
+                op.resolve(failed.get(op.lease_id) if failed else None)
                 continue
             lost = failed.get(op.lease_id) or LeaseError(op.lease_id, "no answer for it")
             if op.kind in ("nack", "reject"):
-                op.future.set_result(nacked.get(op.lease_id) or NackResult(
+                op.resolve(nacked.get(op.lease_id) or NackResult(
                     op.lease_id, "lease-invalid", -1, -1, lost.reason))
-            elif op.kind == "extend":
-                expiry = extended.get(op.lease_id)
-                op.future.set_result(lost if expiry is None else expiry)
             else:
-                op.future.set_result(failed.get(op.lease_id))
+                expiry = extended.get(op.lease_id)
+                op.resolve(lost if expiry is None else expiry)
 
     def _fail_all(self, error: MoldauError) -> None:
         ops = [op for batch in self._waiting.values() for op in batch] + self._pending
         self._waiting.clear()
         self._pending = []
         self._room.set()
+        self._answered.set()
         for op in ops:
-            if not op.future.done():
-                op.future.set_exception(error)
-                op.future.exception()  # retrieved: nobody may be waiting any more
+            op.reject(error)

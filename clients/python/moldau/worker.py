@@ -115,7 +115,8 @@ class _QueueRunner:
         self._stopping = stopping
         self._drain_timeout_s = drain_timeout_s
         self._held: dict[str, _Held] = {}
-        self._settling: set[asyncio.Future[Any]] = set()
+        self._settling = 0  # settlements queued and not yet answered
+        self._all_settled = asyncio.Event()
         self._lease_s = route.lease_ms / 1000.0
 
     async def run(self) -> None:
@@ -193,7 +194,8 @@ class _QueueRunner:
         self.route.stats.released += sum(1 for outcome in outcomes if outcome is None)
         _, late = await asyncio.wait(slots, timeout=self._drain_timeout_s)
         if self._settling:
-            await asyncio.wait(set(self._settling), timeout=self._drain_timeout_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_settled.wait(), self._drain_timeout_s)
         if late:
             log.warning("queue %r: %d handler(s) still running after %.1f s; their records "
                         "come back when the leases expire", self.route.queue, len(late),
@@ -228,33 +230,33 @@ class _QueueRunner:
         # arrives, not when it is durable): the broker pushes the next records while it makes
         # this ack durable. Credit never travels ahead of settlements stuck behind
         # MAX_OUTSTANDING unanswered requests, so what is unsettled stays bounded.
+        self._settling += 1
+        self._all_settled.clear()
+        callback = functools.partial(self._settled, message, error is None)
         if error is None:
-            settled = stream.queue_settlement("ack", message.lease_id)
+            stream.queue_settlement("ack", message.lease_id, "", callback)
         else:
             name = type(error).__name__
             route.stats.errors[name] = route.stats.errors.get(name, 0) + 1
             text = f"{name}: {error}" if str(error) else name
             kind: SettleKind = "reject" if isinstance(error, RejectMessage) else "nack"
-            settled = stream.queue_settlement(kind, message.lease_id, text)
-        self._settling.add(settled)
-        settled.add_done_callback(functools.partial(self._settled, message, error is None))
+            stream.queue_settlement(kind, message.lease_id, text, callback)
         if not self._stopping.is_set():
             stream.grant(1)
 
-    def _settled(self, message: Message, acked: bool, settled: asyncio.Future[Any]) -> None:
+    def _settled(self, message: Message, acked: bool, result: Any,
+                 error: MoldauError | None) -> None:
         """The outcome of one settlement, counted in the route's stats."""
-        self._settling.discard(settled)
+        self._settling -= 1
+        if not self._settling:
+            self._all_settled.set()
         self._held.pop(message.lease_id, None)
         stats = self.route.stats
-        error = None if settled.cancelled() else settled.exception()
-        if settled.cancelled() or isinstance(error, MoldauError):
+        if error is not None:
             stats.lost += 1  # the stream failed: the lease will expire
             log.debug("queue %r: settling offset %d failed: %s", self.route.queue,
                       message.offset, error)
             return
-        if error is not None:
-            raise error  # a bug: reported by the loop's exception handler
-        result = settled.result()
         if acked:
             if result is None:
                 stats.acked += 1

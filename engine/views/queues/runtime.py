@@ -202,14 +202,16 @@ class QueueRuntime:
             record = ps.records.get(offset)
             if record is None:
                 # delayed records hold no payload: their batch is read once, and of it the
-                # pending records without one (waiting for a retry, a schedule or their key)
-                # are kept, bounded, for when they come due
+                # records with a retry state are built and kept (bounded) for when they come
+                # due; a record due by its schedule or freed by its key is loaded alone
                 if offset not in loaded:
                     if len(loaded) > _LOADED_MAX:
                         loaded.clear()
                     held = ps.records
-                    loaded.update((r.offset, r) for r in load_batch(log, offset, ps.pending)
+                    loaded.update((r.offset, r) for r in load_batch(log, offset, ps.retry)
                                   if r.offset not in held)
+                    if offset not in loaded:
+                        loaded.update((r.offset, r) for r in load_batch(log, offset, (offset,)))
                 record = loaded.pop(offset, None)
                 if record is None:  # removed by retention since it was scanned
                     ps.finish_done(offset)
