@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -68,6 +68,20 @@ from moldau._runtime import (
 )
 from moldau.errors import ClientClosedError, MoldauError, StreamNotFoundError
 from moldau.v1 import eventstore_pb2, eventstore_pb2_grpc
+
+#: Appends encoded per loop turn by :meth:`AsyncEventStore.append_many`.
+_SUBMIT_SLICE = 512
+
+
+def _slices(items: Iterable[AppendSpec], size: int) -> Iterator[list[AppendSpec]]:
+    chunk: list[AppendSpec] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 __all__ = ["AppendSpec", "AsyncEventStore", "EventStore"]
 
@@ -205,8 +219,16 @@ class AsyncEventStore(AsyncClosing):
 
     async def append_many(self, appends: Iterable[AppendSpec], *,
                           topic: str | None = None) -> list[AppendResult | MoldauError]:
-        """Pipeline every append and wait for all: one result or error per append, in order."""
-        futures = self.append_many_async(appends, topic=topic)
+        """Pipeline every append and wait for all: one result or error per append, in order.
+
+        Submitted in slices with a loop turn between them, so the first appends are on the
+        wire (and being stored) while the later ones are still being encoded.
+        """
+        futures: list[asyncio.Future[AppendResult]] = []
+        for chunk in _slices(appends, _SUBMIT_SLICE):
+            if futures:
+                await asyncio.sleep(0)
+            futures += self.append_many_async(chunk, topic=topic)
         results: list[AppendResult | MoldauError] = []
         for outcome in await asyncio.gather(*futures, return_exceptions=True):
             if isinstance(outcome, BaseException) and not isinstance(outcome, MoldauError):
