@@ -30,6 +30,7 @@ __all__ = [
     "DELETED_SUFFIX",
     "INDEX_SUFFIX",
     "LOG_SUFFIX",
+    "PRODUCER_ROLL_SUFFIX",
     "PRODUCER_SNAPSHOT_FILE",
     "QUARANTINE_DIR",
     "RECOVERY_CHECKPOINT_FILE",
@@ -40,7 +41,9 @@ __all__ = [
     "TRANSIENT_SUFFIXES",
     "parse_base_offset",
     "parse_partition_dir_name",
+    "parse_producer_roll_snapshot",
     "partition_dir_name",
+    "producer_roll_snapshot_name",
     "segment_file_name",
     "segment_path",
 ]
@@ -63,6 +66,10 @@ RECOVERY_CHECKPOINT_FILE = "recovery-point.checkpoint"
 PRODUCER_SNAPSHOT_FILE = "producer-state.snapshot"
 """Idempotent-producer state at a clean shutdown: a clean start loads it instead of reading
 every batch header of the log."""
+PRODUCER_ROLL_SUFFIX = ".producers"
+"""``<20-digit offset>.producers``: idempotent-producer state as of a segment roll, named by the
+new segment's base offset. An unclean start loads the newest one that still matches the log
+and reads only the batch headers after it, instead of every header of the log."""
 QUARANTINE_DIR = "quarantine"
 
 _OFFSET_DIGITS = 20
@@ -89,6 +96,20 @@ def segment_file_name(base_offset: int, suffix: str) -> str:
 def segment_path(directory: Path, base_offset: int, suffix: str) -> Path:
     """The path of one segment file inside a partition directory."""
     return directory / segment_file_name(base_offset, suffix)
+
+
+def producer_roll_snapshot_name(offset: int) -> str:
+    """``00000000000000012345.producers`` for the roll at offset 12345."""
+    return f"{offset:0{_OFFSET_DIGITS}d}{PRODUCER_ROLL_SUFFIX}"
+
+
+def parse_producer_roll_snapshot(file_name: str) -> int | None:
+    """The offset a roll snapshot is named by, or None for any other file."""
+    digits = file_name.removesuffix(PRODUCER_ROLL_SUFFIX)
+    if digits == file_name or len(digits) != _OFFSET_DIGITS or not digits.isascii() or (
+            not digits.isdigit()):
+        return None
+    return int(digits)
 
 
 def parse_base_offset(file_name: str) -> int | None:

@@ -57,6 +57,8 @@ from engine.log.files import (
     TEMP_SUFFIX,
     TIMEINDEX_SUFFIX,
     parse_base_offset,
+    parse_producer_roll_snapshot,
+    producer_roll_snapshot_name,
 )
 from engine.log.producer_state import ProducerStateManager
 from engine.log.recovery import RecoveryEvent, recover_segment
@@ -409,6 +411,7 @@ class PartitionLog:
             self._segments = [*self._segments, segment]
             self._bases = [*self._bases, segment.base_offset]
             self._write_checkpoint(segment.base_offset)
+            self._write_roll_snapshot(segment.base_offset)
 
     # ------------------------------------------------------------------ durability
 
@@ -636,11 +639,70 @@ class PartitionLog:
                         "start reads it from the log", self.directory, exc)
 
     def _rebuild_producer_state(self) -> None:
+        """After an unclean start: the newest roll snapshot that still matches the log, then
+        the batch headers after it (every header of the log when none does)."""
         self._producers.clear()
+        start = self._load_roll_snapshot()
         for segment in self._segments:
+            if segment.base_offset < start:
+                continue
             for item in segment.iter_headers(0):
                 if item.header.producer_id >= 0:
                     self._producers.update(item.header, item.header.base_offset)
+
+    def _roll_snapshots(self) -> list[int]:
+        """Offsets of the roll snapshots on disk, newest first."""
+        offsets = []
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.directory):
+                offset = parse_producer_roll_snapshot(entry.name)
+                if offset is not None:
+                    offsets.append(offset)
+        return sorted(offsets, reverse=True)
+
+    def _load_roll_snapshot(self) -> int:
+        """Load the newest usable roll snapshot; returns its offset (0: none was usable).
+
+        Usable: taken at the base of a segment that is still here, intact, and with nothing
+        below it cut or quarantined by this start's recovery (it may count batches that are
+        gone). Snapshots past the log end are stale (the log was cut below them): removed.
+        """
+        cut = min((event.segment_base_offset for event in self.recovery.events), default=None)
+        bases = set(self._bases)
+        for offset in self._roll_snapshots():
+            path = self.directory / producer_roll_snapshot_name(offset)
+            if offset > self._next_offset:
+                with contextlib.suppress(OSError):
+                    self._fileio.unlink(path)
+                continue
+            if offset not in bases or (cut is not None and cut < offset):
+                continue
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            loaded = ProducerStateManager.from_snapshot(data, offset)
+            if loaded is not None:
+                self._producers = loaded
+                return offset
+        return 0
+
+    def _write_roll_snapshot(self, offset: int) -> None:
+        """The producer state as of the roll at ``offset``, for the next unclean start; the
+        two newest are kept. Only a shortcut: a failure costs that start a longer read."""
+        path = self.directory / producer_roll_snapshot_name(offset)
+        try:
+            self._fileio.write_atomic(path, self._producers.snapshot(offset))
+        except OSError as exc:
+            with contextlib.suppress(OSError):  # never leave an older state under this name
+                self._fileio.unlink(path)
+            log.warning("partition %s: producer state not snapshotted at the roll to %d "
+                        "(%s); an unclean start reads more batch headers", self.directory,
+                        offset, exc)
+            return
+        for older in self._roll_snapshots()[2:]:
+            with contextlib.suppress(OSError):
+                self._fileio.unlink(self.directory / producer_roll_snapshot_name(older))
 
     def apply_retention(self) -> int:
         """Delete whole sealed segments past ``retention.ms`` / ``retention.bytes``."""

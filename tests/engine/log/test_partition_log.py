@@ -6,6 +6,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,8 +17,15 @@ from engine.errors import (
     OutOfOrderSequenceError,
     ProducerFencedError,
 )
-from engine.log.files import CLEAN_SHUTDOWN_FILE, PRODUCER_SNAPSHOT_FILE
+from engine.log.files import (
+    CLEAN_SHUTDOWN_FILE,
+    PRODUCER_ROLL_SUFFIX,
+    PRODUCER_SNAPSHOT_FILE,
+    RECOVERY_CHECKPOINT_FILE,
+    producer_roll_snapshot_name,
+)
 from engine.log.partition_log import PartitionLog
+from engine.log.segment import LogSegment
 from engine.records.batch import decode_batches
 from engine.records.errors import CorruptBatchError, InvalidBatchError
 
@@ -265,6 +273,107 @@ def test_a_damaged_or_stale_producer_snapshot_is_rebuilt_from_the_log(
     retry = reopened.append(make_batch(5, producer_id=7, producer_epoch=0, base_sequence=0))
     assert (retry.duplicate, retry.base_offset) == (True, 0)
     reopened.close()
+
+
+def _fill_idempotent(log: PartitionLog, batches: int) -> None:
+    """``batches`` batches of 5 records from producers 7 and 8 in turn, epoch 3."""
+    for n in range(batches):
+        producer = 7 + n % 2
+        log.append(make_batch(5, producer_id=producer, producer_epoch=3,
+                              base_sequence=5 * (n // 2)), wait_durable=False)
+
+
+def _headers_read(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The base offsets of the segments whose batch headers are read for producer state from
+    now on (the recovery scan's own reads are not counted)."""
+    read: list[int] = []
+    rebuilding: list[bool] = []
+    original_iter, original_rebuild = LogSegment.iter_headers, PartitionLog._rebuild_producer_state
+
+    def counting(self: LogSegment, start: int = 0, end: int | None = None) -> Any:
+        if rebuilding:
+            read.append(self.base_offset)
+        return original_iter(self, start, end)
+
+    def rebuild(self: PartitionLog) -> None:
+        rebuilding.append(True)
+        try:
+            original_rebuild(self)
+        finally:
+            rebuilding.clear()
+
+    monkeypatch.setattr(LogSegment, "iter_headers", counting)
+    monkeypatch.setattr(PartitionLog, "_rebuild_producer_state", rebuild)
+    return read
+
+
+def _state(log: PartitionLog) -> bytes:
+    return log._producers.snapshot(0)
+
+
+def test_unclean_start_reads_only_the_headers_after_the_last_roll(
+    open_log: Opener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = open_log(segment_bytes=4096)
+    _fill_idempotent(log, 60)
+    bases = [s.base_offset for s in log.segments()]
+    assert len(bases) > 4
+    expected = _state(log)
+    log.abandon()  # a crash: no clean marker, no end snapshot
+    snapshots = sorted(p.name for p in log.directory.glob(f"*{PRODUCER_ROLL_SUFFIX}"))
+    assert snapshots == [producer_roll_snapshot_name(b) for b in bases[-2:]]  # two kept
+    read = _headers_read(monkeypatch)
+    reopened = open_log(segment_bytes=4096)
+    assert read == [bases[-1]]  # the active segment only, after its recovery scan
+    assert _state(reopened) == expected
+    # what the state is for: resends of stored batches, in old segments too, are duplicates
+    for n in (56, 58):  # producer 7's last two batches, the older one before the last roll
+        retry = reopened.append(make_batch(5, producer_id=7, producer_epoch=3,
+                                           base_sequence=5 * (n // 2)))
+        assert (retry.duplicate, retry.base_offset) == (True, 5 * n)
+    with pytest.raises(OutOfOrderSequenceError):
+        reopened.append(make_batch(5, producer_id=8, producer_epoch=3, base_sequence=500))
+    with pytest.raises(ProducerFencedError):
+        reopened.append(make_batch(5, producer_id=8, producer_epoch=2, base_sequence=0))
+    reopened.close()
+
+
+@pytest.mark.parametrize("case", ["damaged snapshot", "segment gone", "cut below it"])
+def test_an_unusable_roll_snapshot_falls_back_to_reading_headers(
+    open_log: Opener, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    log = open_log(segment_bytes=4096)
+    _fill_idempotent(log, 60)
+    bases = [s.base_offset for s in log.segments()]
+    newest = log.directory / producer_roll_snapshot_name(bases[-1])
+    log.abandon()
+    if case == "damaged snapshot":
+        data = bytearray(newest.read_bytes())
+        data[20] ^= 0x10
+        newest.write_bytes(bytes(data))  # the older one, a roll earlier, is used instead
+    elif case == "segment gone":  # as after a recovery that dropped the active segment
+        for suffix in (".log", ".index", ".timeindex"):
+            (log.directory / f"{bases[-1]:020d}{suffix}").unlink()
+    else:  # damage in the middle of the first segment, scanned because the checkpoint is gone
+        (log.directory / RECOVERY_CHECKPOINT_FILE).unlink()
+        segment = log.directory / f"{bases[0]:020d}.log"
+        data = bytearray(segment.read_bytes())
+        data[200] ^= 0xFF
+        segment.write_bytes(bytes(data))
+    read = _headers_read(monkeypatch)
+    reopened = open_log(segment_bytes=4096)
+    rebuilt = _state(reopened)
+    # the reference: the same log read header by header, no snapshot at all
+    reopened.abandon()
+    for path in log.directory.glob(f"*{PRODUCER_ROLL_SUFFIX}"):
+        path.unlink()
+    monkeypatch.undo()
+    reference = open_log(segment_bytes=4096)
+    assert rebuilt == _state(reference)
+    expected_reads = {"damaged snapshot": bases[-2:], "segment gone": bases[-2:-1],
+                      "cut below it": bases}[case]
+    assert read == expected_reads
+    reference.close()
 
 
 def test_offset_for_time(open_log: Opener) -> None:
