@@ -257,3 +257,44 @@ def test_async_queues_and_the_consume_stream(address: str, queues: Queues, topic
             return acked, nacked, (await client.describe(name)).stats.depth
 
     assert asyncio.run(scenario()) == (50, 25, 0)
+
+
+def test_settlement_callbacks_and_a_failing_one(address: str, queues: Queues, topic: str,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """``queue_settlement`` reports through its callback; a callback that raises is logged
+    and the stream goes on settling the others."""
+    _produce(address, topic, [b"a", b"b", b"c"])
+    name = _queue(queues, topic)
+
+    async def scenario() -> list[tuple[object, object]]:
+        outcomes: list[tuple[object, object]] = []
+
+        def failing(result: object, error: object) -> None:
+            raise RuntimeError("a bug in the callback")
+
+        async with AsyncQueues(address, consumer="callbacks") as client:
+            stream = client.consume(name, max_batch=3)
+            await stream.open(credit=3)
+            batch: list[Message] = []
+            while len(batch) < 3:
+                batch += await asyncio.wait_for(stream.next_batch(), 10)
+            stream.queue_settlement("ack", batch[0].lease_id, "", failing)
+            stream.queue_settlement("ack", batch[1].lease_id, "",
+                                    lambda r, e: outcomes.append((r, e)))
+            stream.queue_settlement("nack", batch[2].lease_id, "later",
+                                    lambda r, e: outcomes.append((r, e)))
+            for _ in range(1000):  # the answer comes on the stream's reader
+                if len(outcomes) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            await stream.close()
+            return outcomes
+
+    with caplog.at_level("ERROR", logger="moldau._queue_stream"):
+        outcomes = asyncio.run(scenario())
+    assert outcomes[0] == (None, None)  # acked, durable
+    nacked, error = outcomes[1]
+    assert error is None
+    assert getattr(nacked, "outcome", None) == "retry-scheduled"
+    assert "settlement callback for lease" in caplog.text
+    assert queues.describe(name).stats.depth == 1  # only the nacked one is left

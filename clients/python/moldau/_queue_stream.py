@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,6 +32,8 @@ from moldau._queue_wire import messages, nack_action, nack_result
 from moldau._runtime import connection_error
 from moldau.errors import ClientClosedError, MoldauError, error_from_rpc, error_from_status
 from moldau.v1 import queues_pb2, queues_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 __all__ = ["MAX_OUTSTANDING", "ConsumeStream", "SettleCallback", "SettleKind"]
 
@@ -62,7 +65,7 @@ class _Op:
             return
         self.done = True
         if self.callback is not None:
-            self.callback(result, None)
+            self._call_back(result, None)
         elif self.future is not None and not self.future.done():
             self.future.set_result(result)
 
@@ -71,10 +74,19 @@ class _Op:
             return
         self.done = True
         if self.callback is not None:
-            self.callback(None, error)
+            self._call_back(None, error)
         elif self.future is not None and not self.future.done():
             self.future.set_exception(error)
             self.future.exception()  # retrieved: nobody may be waiting any more
+
+    def _call_back(self, result: Any, error: MoldauError | None) -> None:
+        """Run the callback; a failing one is logged, never allowed to end the stream's
+        reader (which would strand every other settlement)."""
+        assert self.callback is not None
+        try:
+            self.callback(result, error)
+        except Exception:
+            log.exception("settlement callback for lease %s failed", self.lease_id)
 
 
 class ConsumeStream:
