@@ -147,7 +147,7 @@ def test_kill_pause_tear_loses_nothing_acknowledged(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, (
                 f"{at}: the group never caught up to {ends}: positions {reader.positions}, "
                 f"poll/commit errors {reader.errors}, committed "
-                f"{committed_offsets(server.address, GROUP)}"
+                f"{committed_offsets(server.address, GROUP)}; consumer:\n  {reader.diagnose()}"
             )
             time.sleep(0.1)
         reader.stop()

@@ -7,9 +7,12 @@ through kills and pauses: the clients reconnect by themselves. Every value writt
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 
@@ -100,6 +103,11 @@ class GroupReader:
         self.positions: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"group-{group}", daemon=True)
+        self._logs = _RecentLogs()
+        client_log = logging.getLogger("moldau")
+        client_log.addHandler(self._logs)
+        if client_log.getEffectiveLevel() > logging.INFO:
+            client_log.setLevel(logging.INFO)  # group membership changes are INFO
 
     def start(self) -> None:
         self._thread.start()
@@ -140,10 +148,48 @@ class GroupReader:
     def caught_up(self, ends: dict[int, int]) -> bool:
         return all(self.positions.get(p, 0) >= end for p, end in ends.items() if end > 0)
 
+    def diagnose(self) -> str:
+        """The consumer's inner state, for a failure message: what it holds, what its group
+        membership believes, how each partition's fetch stream stands, and its last logs."""
+        consumer: Any = self.consumer
+        parts = [f"positions {dict(consumer._positions)}",
+                 f"generations {dict(consumer._generations)}",
+                 f"buffered chunks {len(consumer._buffer.chunks)}, "
+                 f"batches {len(consumer._batches)}"]
+        session = consumer._session
+        if session is not None:
+            membership = session.membership
+            parts.append(
+                f"session: assigned {sorted(session.assigned)}, failed {session.failed!r}, "
+                f"no_offset {sorted(session.no_offset)}, member {membership.member_id!r} "
+                f"generation {membership.generation} live {membership._live} held "
+                f"{sorted(membership.held)} pending events {list(membership.events)[:5]} "
+                f"task done {membership._task is not None and membership._task.done()}")
+        for tp, stream in consumer._fetcher._streams.items():
+            task = stream.task
+            parts.append(
+                f"fetch {tp}: generation {stream.generation} offset {stream.offset} "
+                f"unconsumed {stream.unconsumed} task "
+                f"{'done' if task is not None and task.done() else 'running'}")
+        parts.append("last client logs:\n" + "\n".join(self._logs.lines))
+        return "\n  ".join(parts)
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(30)
         self.consumer.close()
+        logging.getLogger("moldau").removeHandler(self._logs)
+
+
+class _RecentLogs(logging.Handler):
+    """The client's last log lines (INFO and up), kept for a failure message."""
+
+    def __init__(self, keep: int = 40) -> None:
+        super().__init__(logging.INFO)
+        self.lines: deque[str] = deque(maxlen=keep)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.created:.3f} {record.name}: {record.getMessage()[:300]}")
 
 
 def committed_offsets(address: str, group: str) -> dict[int, int]:
