@@ -12,8 +12,9 @@ Rules (as in Kafka's idempotent producer):
 - a batch whose sequence range equals one of the last five: duplicate;
 - otherwise its first sequence must follow the last batch's last sequence (wrapping at 2**31-1).
 
-Snapshot (written at a clean shutdown, so a clean start need not read every batch header of
-the log; any doubt and the state is rebuilt from the log instead), big-endian::
+Snapshot (written at a clean shutdown and at each segment roll, so a start need not read
+every batch header of the log; any doubt and the state is rebuilt from the log instead),
+big-endian::
 
     magic "MPS1" | end_offset int64 | producers int32
     per producer: producer_id int64 | epoch int16 | batches int8

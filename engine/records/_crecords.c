@@ -60,61 +60,6 @@ headers_ok(const unsigned char *d, Py_ssize_t size, Py_ssize_t *at, Py_ssize_t e
     return 1;
 }
 
-static int
-records_ok(const unsigned char *d, Py_ssize_t size, Py_ssize_t count, long long last_delta)
-{
-    Py_ssize_t pos = 0;
-    for (Py_ssize_t index = 0; index < count; index++) {
-        int64_t length, ts_delta, delta, klen, vlen;
-        VARINT(length);
-        if (length < MIN_RECORD_BODY || length > size - pos) {
-            return 0;
-        }
-        Py_ssize_t end = pos + (Py_ssize_t)length;
-        pos += 1; /* attributes: not checked, as in the Python loop */
-        if (moldau_zigzag(d, size, &pos, 10, 64, &ts_delta) != ZIGZAG_OK) {
-            return 0;
-        }
-        VARINT(delta);
-        if (pos >= size) {
-            return 0;
-        }
-        if (d[pos] == 1) {
-            pos += 1;
-        }
-        else {
-            VARINT(klen);
-            if (klen < 0 || klen > size - pos) {
-                return 0;
-            }
-            pos += (Py_ssize_t)klen;
-        }
-        VARINT(vlen);
-        if (vlen >= 0) {
-            if (vlen > size - pos) {
-                return 0;
-            }
-            pos += (Py_ssize_t)vlen;
-        }
-        else if (vlen != -1) {
-            return 0;
-        }
-        if (pos >= size) {
-            return 0;
-        }
-        if (d[pos] == 0) {
-            pos += 1;
-        }
-        else if (!headers_ok(d, size, &pos, end)) {
-            return 0;
-        }
-        if (pos != end || delta < 0 || delta > last_delta) {
-            return 0;
-        }
-    }
-    return pos == size;
-}
-
 /* ------------------------------------------------------------------ decoding */
 
 #define DVARINT(target)                                             \
@@ -211,20 +156,28 @@ field(const unsigned char *d, Py_ssize_t pos, int64_t length)
     return PyBytes_FromStringAndSize((const char *)d + pos, (Py_ssize_t)length);
 }
 
-/* The records as a list of record_type tuples, Py_None to refuse (the Python loop then
- * raises its precise error), or NULL on an error.  Every check of records_ok, in order. */
-static PyObject *
-decode_all(const unsigned char *d, Py_ssize_t size, Py_ssize_t count, long long base_offset,
-           long long base_ts, long long last_delta, PyObject *append_time,
-           PyTypeObject *record_type, PyTypeObject *header_type, PyObject *wanted)
+/* One pass over the records section with every check of the Python loop, in its order.
+ *
+ * build: the records as a list of record_type tuples (only those at offsets in `wanted`
+ * unless it is Py_None; the others are checked, not built), Py_None to refuse (the Python
+ * loop then raises its precise error), or NULL on an error.  Not build (the produce check):
+ * Py_True or Py_False, building nothing. */
+static inline __attribute__((always_inline)) PyObject * /* specialised per `build` */
+walk(const unsigned char *d, Py_ssize_t size, Py_ssize_t count, long long base_offset,
+     long long base_ts, long long last_delta, PyObject *append_time,
+     PyTypeObject *record_type, PyTypeObject *header_type, PyObject *wanted, int build)
 {
     Py_ssize_t kept = 0;
-    if (count < 0 || count > size) { /* a record takes at least one byte */
-        Py_RETURN_NONE;
+    PyObject *refused = build ? Py_None : Py_False;
+    if (count < 0) {
+        count = 0; /* the Python loops run no iteration: only an empty section passes */
     }
-    PyObject *records = PyList_New(count);
+    if (count > size) { /* a record takes at least one byte */
+        return Py_NewRef(refused);
+    }
+    PyObject *records = build ? PyList_New(count) : NULL;
     PyObject *empty = PyTuple_New(0);
-    if (records == NULL || empty == NULL) {
+    if ((build && records == NULL) || empty == NULL) {
         Py_XDECREF(records);
         Py_XDECREF(empty);
         return NULL;
@@ -267,8 +220,8 @@ decode_all(const unsigned char *d, Py_ssize_t size, Py_ssize_t count, long long 
         if (pos >= size) {
             goto refuse;
         }
-        int skip = 0;
-        if (wanted != Py_None) {
+        int skip = !build;
+        if (build && wanted != Py_None) {
             PyObject *offset = moldau_exact_sum(base_offset, delta);
             int member = offset ? PySequence_Contains(wanted, offset) : -1;
             Py_XDECREF(offset);
@@ -329,8 +282,11 @@ decode_all(const unsigned char *d, Py_ssize_t size, Py_ssize_t count, long long 
     }
     Py_DECREF(empty);
     if (pos != size) {
-        Py_DECREF(records);
-        Py_RETURN_NONE;
+        Py_XDECREF(records);
+        return Py_NewRef(refused);
+    }
+    if (!build) {
+        Py_RETURN_TRUE;
     }
     if (kept < count && PyList_SetSlice(records, kept, count, NULL) < 0) {
         Py_DECREF(records);
@@ -338,11 +294,11 @@ decode_all(const unsigned char *d, Py_ssize_t size, Py_ssize_t count, long long 
     }
     return records;
 refuse:
-    Py_DECREF(records);
+    Py_XDECREF(records);
     Py_DECREF(empty);
-    Py_RETURN_NONE;
+    return Py_NewRef(refused);
 error:
-    Py_DECREF(records);
+    Py_XDECREF(records);
     Py_DECREF(empty);
     return NULL;
 }
@@ -371,10 +327,9 @@ decode(PyObject *module, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "record_type must be a tuple subclass");
         return NULL;
     }
-    PyObject *result = decode_all((const unsigned char *)view.buf, view.len, count,
-                                  base_offset, base_ts, last_delta, append_time,
-                                  (PyTypeObject *)record_type, (PyTypeObject *)header_type,
-                                  wanted);
+    PyObject *result = walk((const unsigned char *)view.buf, view.len, count, base_offset,
+                            base_ts, last_delta, append_time, (PyTypeObject *)record_type,
+                            (PyTypeObject *)header_type, wanted, 1);
     PyBuffer_Release(&view);
     return result;
 }
@@ -393,9 +348,10 @@ check(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*nL", &view, &count, &last_delta)) {
         return NULL;
     }
-    int ok = records_ok((const unsigned char *)view.buf, view.len, count, last_delta);
+    PyObject *result = walk((const unsigned char *)view.buf, view.len, count, 0, 0,
+                            last_delta, Py_None, NULL, NULL, Py_None, 0);
     PyBuffer_Release(&view);
-    return PyBool_FromLong(ok);
+    return result;
 }
 
 static PyMethodDef methods[] = {

@@ -178,11 +178,7 @@ class ConsumeStream:
     def _queue_op(self, kind: _Kind, lease_id: str, error: str = "",
                   lease_ms: int = 0) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if self._error is not None:
-            future.set_exception(self._error)
-        else:
-            self._pending.append(_Op(kind, lease_id, future, error, lease_ms))
-            self._wake.set()
+        self._enqueue(_Op(kind, lease_id, future, error, lease_ms))
         return future
 
     def queue_settlement(self, kind: SettleKind, lease_id: str, error: str,
@@ -191,11 +187,14 @@ class ConsumeStream:
         what :meth:`ack` (None or a LeaseError) or :meth:`nack` (a NackResult) returns, or
         the stream's failure. For callers settling many messages: no future, task or loop
         callback per message."""
+        self._enqueue(_Op(kind, lease_id, None, error, callback=callback))
+
+    def _enqueue(self, op: _Op) -> None:
         if self._error is not None:
-            callback(None, self._error)
-            return
-        self._pending.append(_Op(kind, lease_id, None, error, callback=callback))
-        self._wake.set()
+            op.reject(self._error)
+        else:
+            self._pending.append(op)
+            self._wake.set()
 
     async def ack(self, lease_id: str) -> LeaseError | None:
         """None once the ack is durable; a LeaseError if the lease was no longer current."""

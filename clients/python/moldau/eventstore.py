@@ -69,8 +69,17 @@ from moldau._runtime import (
 from moldau.errors import ClientClosedError, MoldauError, StreamNotFoundError
 from moldau.v1 import eventstore_pb2, eventstore_pb2_grpc
 
-#: Appends encoded per loop turn by :meth:`AsyncEventStore.append_many`.
+__all__ = ["AppendSpec", "AsyncEventStore", "EventStore"]
+
+_pb = eventstore_pb2
+MAX_READ_COUNT = 4096
+"""The most events one ReadStream / ReadAll call returns (the server's limit)."""
+MAX_LIST_COUNT = 1000
+
+AppendSpec = tuple[str, int, Sequence[EventData]]
+"""``(stream, expected_version, events)``: one append of :meth:`EventStore.append_many`."""
 _SUBMIT_SLICE = 512
+"""Appends encoded per loop turn by :meth:`AsyncEventStore.append_many`."""
 
 
 def _slices(items: Iterable[AppendSpec], size: int) -> Iterator[list[AppendSpec]]:
@@ -82,16 +91,6 @@ def _slices(items: Iterable[AppendSpec], size: int) -> Iterator[list[AppendSpec]
             chunk = []
     if chunk:
         yield chunk
-
-__all__ = ["AppendSpec", "AsyncEventStore", "EventStore"]
-
-_pb = eventstore_pb2
-MAX_READ_COUNT = 4096
-"""The most events one ReadStream / ReadAll call returns (the server's limit)."""
-MAX_LIST_COUNT = 1000
-
-AppendSpec = tuple[str, int, Sequence[EventData]]
-"""``(stream, expected_version, events)``: one append of :meth:`EventStore.append_many`."""
 
 
 class AsyncEventStore(AsyncClosing):

@@ -224,8 +224,8 @@ class _QueueRunner:
         except Exception as exc:  # the handler's failure is the message's outcome
             error = exc
         route.stats.handler_seconds += time.perf_counter() - started
-        # the slot goes on with the next delivery while this one settles (a callback on the
-        # settlement's future, not a task per message). The credit goes back now, in the
+        # the slot goes on with the next delivery while this one settles (a callback when it
+        # is answered, not a task per message). The credit goes back now, in the
         # same request as the settlement (as AMQP's prefetch frees a slot when the ack
         # arrives, not when it is durable): the broker pushes the next records while it makes
         # this ack durable. Credit never travels ahead of settlements stuck behind

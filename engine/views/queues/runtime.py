@@ -201,17 +201,16 @@ class QueueRuntime:
                 continue
             record = ps.records.get(offset)
             if record is None:
-                # delayed records hold no payload: their batch is read once, and of it the
-                # records with a retry state are built and kept (bounded) for when they come
-                # due; a record due by its schedule or freed by its key is loaded alone
+                # delayed records hold no payload: a retried record's batch is read once, and
+                # of it the records with a retry state are built and kept (bounded) for when
+                # they come due; a record due by its schedule or freed by its key is built alone
                 if offset not in loaded:
                     if len(loaded) > _LOADED_MAX:
                         loaded.clear()
                     held = ps.records
-                    loaded.update((r.offset, r) for r in load_batch(log, offset, ps.retry)
+                    build = ps.retry if offset in ps.retry else (offset,)
+                    loaded.update((r.offset, r) for r in load_batch(log, offset, build)
                                   if r.offset not in held)
-                    if offset not in loaded:
-                        loaded.update((r.offset, r) for r in load_batch(log, offset, (offset,)))
                 record = loaded.pop(offset, None)
                 if record is None:  # removed by retention since it was scanned
                     ps.finish_done(offset)
