@@ -182,8 +182,10 @@ def _flipped_before(
     if header is None:
         return None
     after = _header_at(segment, following + header.size, end)
+    last = following + header.size == end
     flipped = base_offset_flipped(pending.header, pending.expected, header, after,
-                                  exact=pending.exact, compacted=segment.config.compact)
+                                  exact=pending.exact, compacted=segment.config.compact,
+                                  next_base=max_offset if last else None)
     return following if flipped else None
 
 

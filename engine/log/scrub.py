@@ -201,8 +201,10 @@ def _flipped_before(
     if following is None:
         return None
     after = _header_at(reader, following[0] + following[1].size)
+    last = following[0] + following[1].size == reader.end
     if base_offset_flipped(suspect.header, last_before + 1, following[1], after,
-                           exact=suspect.exact, compacted=segment.config.compact):
+                           exact=suspect.exact, compacted=segment.config.compact,
+                           next_base=ceiling if last else None):
         return following
     return None
 

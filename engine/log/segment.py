@@ -486,6 +486,7 @@ def base_offset_flipped(
     *,
     exact: bool = True,
     compacted: bool = True,
+    next_base: int | None = None,
 ) -> bool:
     """Whether ``header`` jumped a gap only because its base offset (outside the CRC) changed.
 
@@ -496,7 +497,10 @@ def base_offset_flipped(
     started before, one of the two base offsets changed. ``header`` is the one when
     ``following`` starts exactly where it would after an exact ``expected``, or ``after``
     directly follows ``following`` (two batches agreeing against one). With no ``after`` to
-    ask, it is ``header`` when the log has no gaps but damaged ones (not ``compacted``).
+    ask, it is ``header`` when the log has no gaps but damaged ones (not ``compacted``),
+    unless ``following`` ends its segment and ``next_base`` (where the next segment, or the
+    log end, starts) says otherwise: without gaps the two meet, so ``following``'s offsets
+    are the changed ones when they do not.
     """
     width = header.last_offset_delta + 1
     if (
@@ -509,7 +513,9 @@ def base_offset_flipped(
         return True
     if after is not None:
         return after.base_offset == following.last_offset + 1
-    return not compacted
+    if next_base is not None and next_base == following.last_offset + 1:
+        return True
+    return not compacted and next_base is None
 
 
 def _in_order(header: BatchHeader, previous_last: int, base_offset: int) -> bool:

@@ -837,3 +837,38 @@ def test_a_flipped_base_offset_in_a_trusted_segment_is_never_served(tmp_path: Pa
         (flipped.position, flipped.header.size)
     ]
     reopened.close()
+
+
+def test_a_segment_end_lowered_into_a_gap_loses_the_batch_before_it_not_its_neighbour(
+    tmp_path: Path,
+) -> None:
+    """Regression (MOLDAU_SEED=3297213834 trial 52): damage, then an intact batch, then the
+    segment's last batch with its base offset lowered into the damaged range. Recovery took
+    the intact batch for the changed one, quarantined it and served the last batch at the
+    wrong offsets; the next segment's base offset says which of the two moved."""
+    config = TopicConfig.from_dict({"segment.bytes": 4096})
+    log = PartitionLog.open(tmp_path / "p-0", config, clock=ManualClock())
+    for i in range(60):
+        log.append(encode_batch([NewRecord(b"%d" % i * 30)], timestamp=BASE_TIME_MS))
+    segment = log.segments()[-2]
+    first, second, intact, lowered = list(segment.iter_headers(0))[-4:]
+    end = log.log_end_offset
+    log.abandon()
+    with segment.log.path.open("r+b") as f:
+        for damaged in (first, second):  # inside the records: the CRC sees it
+            f.seek(damaged.position + damaged.header.size - 3)
+            byte = f.read(1)[0]
+            f.seek(damaged.position + damaged.header.size - 3)
+            f.write(bytes([byte ^ 1]))
+        f.seek(lowered.position)  # outside the CRC: it now claims the second one's offset
+        f.write(second.header.base_offset.to_bytes(8, "big"))
+    reopened = PartitionLog.open(tmp_path / "p-0", config, clock=ManualClock())
+    assert reopened.log_end_offset == end
+    served = decode_batch(reopened.read(intact.header.base_offset, 1).data)[1]
+    assert [r.value for r in served] == [b"%d" % (intact.header.base_offset) * 30]
+    events = [(e.kind, e.length) for e in reopened.recovery.events]
+    assert events == [
+        ("quarantined", first.header.size + second.header.size),
+        ("quarantined", lowered.header.size),
+    ]
+    reopened.close()
