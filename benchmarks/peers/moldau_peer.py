@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from common import (
     REPO,
@@ -88,8 +89,15 @@ class MoldauClient:
     def e2e_produce(self, job: E2EJob, gate: Gate) -> Part:
         from moldau import Producer
 
-        futures = []
-        # linger 0: a chunk is sent as soon as it is queued (the latency setting).
+        failed: list[BaseException] = []
+
+        def check(future: Any) -> None:
+            if future.exception() is not None and not failed:
+                failed.append(future.exception())
+
+        # linger 0: a chunk is sent as soon as it is queued (the latency setting). The
+        # futures are not kept: a list of one per chunk grows the heap for the whole run,
+        # and CPython's full collections over it stall the sender for tens of ms.
         with Producer(self.address, linger_ms=0) as producer:
             producer.partition_count(job.topic)
             gate()
@@ -99,8 +107,10 @@ class MoldauClient:
                 if delay > 0:
                     time.sleep(delay)
                 values = e2e_values(due, count, job.record_size)
-                futures.append(producer.send_many(job.topic, values, partition=0))
+                producer.send_many(job.topic, values, partition=0).add_done_callback(check)
             producer.flush(60)
+            if failed:
+                raise failed[0]
             ended = time.monotonic()
         return Part(job.records, job.records * job.record_size, started, ended)
 

@@ -231,7 +231,7 @@ def run_system(server: PeerServer, variants: list[Variant], rep: int, settings: 
         for variant in variants:
             server.prepare(client, variant)
             rows.extend(run_variant(server, client, variant, rep, settings))
-    except PeerUnavailable as exc:
+    except (PeerUnavailable, OSError) as exc:  # OSError: e.g. a binary not installed
         _say(f"{server.system}: skipped: {exc}")
         rows.append({"system": server.system, "variant": "-", "workload": "start",
                      "repetition": rep, "error": str(exc)})
