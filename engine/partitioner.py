@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 import threading
 
-__all__ = ["RoundRobin", "murmur2", "partition_for_key", "to_positive"]
+__all__ = ["RoundRobin", "murmur2", "partition_for_key", "py_murmur2", "to_positive"]
 
 _SEED = 0x9747B28C
 _M = 0x5BD1E995
@@ -20,11 +20,12 @@ _R = 24
 _MASK = 0xFFFFFFFF
 
 
-def murmur2(data: bytes) -> int:
+def py_murmur2(data: bytes | bytearray | memoryview) -> int:
     """Kafka's ``Utils.murmur2``: a signed 32-bit hash of ``data``.
 
     Java's int arithmetic wraps at 32 bits; here every multiplication is masked to 32 bits
-    and the result is turned into a signed value at the end. About 1.5 us for a 16-byte key.
+    and the result is turned into a signed value at the end. About 1.5 us for a 16-byte key,
+    so :func:`murmur2` is the C copy when it is built; this one is the reference and fallback.
     """
     length = len(data)
     h = (_SEED ^ length) & _MASK
@@ -44,6 +45,12 @@ def murmur2(data: bytes) -> int:
     h = (h * _M) & _MASK
     h ^= h >> 15
     return h - (1 << 32) if h & 0x80000000 else h
+
+
+try:
+    from engine.records._crecords import murmur2
+except ImportError:  # no C compiler at install time
+    murmur2 = py_murmur2
 
 
 def to_positive(number: int) -> int:

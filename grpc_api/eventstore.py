@@ -446,8 +446,12 @@ class EventStoreServicer(eventstore_pb2_grpc.EventStoreServiceServicer):
                         await call.room.wait()
                     call.in_flight += 1
                     correlation_id = item.correlation_id
+                    request = item.append
                     try:
-                        append, partition = await self._route(item.append)
+                        count = self._partition_counts.get(request.topic)
+                        if count is None:
+                            count = await self._partition_count(request.topic)
+                        append, partition = self._route(request, count)
                     except Exception as exc:  # answered with its status; the call goes on
                         call.answer(correlation_id, exc)
                         continue
@@ -464,14 +468,16 @@ class EventStoreServicer(eventstore_pb2_grpc.EventStoreServiceServicer):
         call.finished = True
         call.ready.set()
 
-    async def _route(self, request: eventstore_pb2.AppendToStreamRequest,
-                     ) -> tuple[tuple[str, str, int, list[EventData]], int]:
-        """The append as engine values, and its partition (the topic is opened once)."""
+    async def _partition_count(self, topic: str) -> int:
+        """Open a store topic once per server (on a worker: it may read its checkpoint)."""
+        count = len(await self._run(self._store().open_topic, topic))
+        self._partition_counts[topic] = count
+        return count
+
+    def _route(self, request: eventstore_pb2.AppendToStreamRequest, count: int,
+               ) -> tuple[tuple[str, str, int, list[EventData]], int]:
+        """The append as engine values, and its partition; no coroutine per append."""
         topic = request.topic
-        count = self._partition_counts.get(topic)
-        if count is None:
-            count = len(await self._run(self._store().open_topic, topic))
-            self._partition_counts[topic] = count
         expected = _expected(request)
         events = [_event_data(e) for e in request.events]
         stream = request.stream

@@ -1,5 +1,7 @@
 from collections.abc import Container
 
+def murmur2(key: bytes | bytearray | memoryview, /) -> int: ...
+
 def check(data: bytes | bytearray | memoryview, count: int, last_delta: int) -> bool: ...
 def decode(
     data: bytes | bytearray | memoryview,

@@ -18,6 +18,7 @@ from moldau import (
     EventData,
     EventStore,
     InvalidRequestError,
+    StreamNotFoundError,
     WrongExpectedVersionError,
 )
 from moldau.v1 import eventstore_pb2, eventstore_pb2_grpc
@@ -196,3 +197,34 @@ def test_append_stream_answers_every_correlation_id(address: str, topic: str) ->
         per_stream.setdefault(f"raw-{(correlation_id - 1000) % 5}", []).append(
             response.last_version)
     assert all(v == list(range(20)) for v in per_stream.values())
+
+
+@pytest.mark.parametrize("window", [1, 5])
+def test_a_small_window_still_answers_every_append_in_order(address: str, topic: str,
+                                                            window: int) -> None:
+    """The pipeline writes appends straight into its outgoing messages; with a window smaller
+    than a burst, messages wait for room and none is sent past the window or lost."""
+    with EventStore(address, topic=topic, max_in_flight=window) as client:
+        appends = [(f"win-{n % 4}", n // 4 - 1 if n >= 4 else NO_STREAM,
+                    [EventData.json("Step", {"n": n})]) for n in range(203)]
+        outcomes = client.append_many(appends)
+        assert not [o for o in outcomes if isinstance(o, Exception)]
+        for s in range(4):
+            assert [e.json()["n"] for e in client.read_stream(f"win-{s}")] == list(
+                range(s, 203, 4))
+
+
+def test_an_append_that_cannot_be_encoded_is_refused_before_it_is_queued(
+        address: str, topic: str) -> None:
+    with EventStore(address, topic=topic) as client:
+        good = ("enc-1", NO_STREAM, [EventData.json("Fine", {})])
+        with pytest.raises(ValueError, match="expected version -7"):
+            client.append_many([good, ("enc-2", -7, [EventData.json("Bad", {})])])
+        with pytest.raises(TypeError):
+            client.append_many([("enc-3", ANY, [EventData("T", "not bytes")])])  # type: ignore[arg-type]
+        for stream in ("enc-1", "enc-2", "enc-3"):  # nothing of a refused call was sent
+            with pytest.raises(StreamNotFoundError):
+                client.read_stream(stream)
+        after = client.append_many([good, ("enc-1", 0, [EventData.json("Next", {})])])
+        assert [o.first_version for o in after if not isinstance(o, Exception)] == [0, 1]
+        assert [e.type for e in client.read_stream("enc-1")] == ["Fine", "Next"]

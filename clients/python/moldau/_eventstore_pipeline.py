@@ -1,7 +1,7 @@
 """Pipelined appends: many appends in flight on one bidirectional ``AppendStream`` call.
 
 Each append gets a correlation id and a future. Appends queued in the same turn of the event
-loop leave together in one ``AppendStreamRequest`` (up to ``_MAX_APPENDS_PER_MESSAGE``), so
+loop are written straight into one ``AppendStreamRequest`` (up to ``_MAX_APPENDS_PER_MESSAGE``), so
 gRPC's per-message cost is paid once per burst, not once per event; the server answers with
 ``AppendOutcome`` messages (also grouped) that settle the futures by id. The server runs the
 appends of one partition in the order sent, so a caller may queue ``expected_version`` n, n+1,
@@ -22,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
 
-from moldau._eventstore_types import AppendResult
-from moldau._eventstore_wire import append_result
+from moldau._eventstore_types import AppendResult, EventData
+from moldau._eventstore_wire import append_result, fill_append
 from moldau.errors import (
     ClientClosedError,
     MoldauError,
@@ -63,7 +64,11 @@ class AppendPipeline:
         self._max_in_flight = max_in_flight
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[AppendResult]] = {}
-        self._outbox: list[eventstore_pb2.PipelinedAppend] = []
+        #: Messages not yet written; appends are added to ``_open`` (the last one) until it
+        #: holds ``_message_limit``, so the window (``max_in_flight``) is never overrun.
+        self._outbox: deque[eventstore_pb2.AppendStreamRequest] = deque()
+        self._open: eventstore_pb2.AppendStreamRequest | None = None
+        self._message_limit = min(_MAX_APPENDS_PER_MESSAGE, max_in_flight)
         self._in_flight = 0
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
@@ -72,24 +77,50 @@ class AppendPipeline:
         self._writer = asyncio.ensure_future(self._write())
         self._reader = asyncio.ensure_future(self._read())
 
-    def submit(self, request: eventstore_pb2.AppendToStreamRequest) -> asyncio.Future[
-            AppendResult]:
-        """Queue one append; its future settles with its result or its error."""
-        return self.submit_many((request,))[0]
-
-    def submit_many(self, requests: Iterable[eventstore_pb2.AppendToStreamRequest],
+    def submit_many(self, topic: str, appends: Iterable[tuple[str, int, Iterable[EventData]]],
                     ) -> list[asyncio.Future[AppendResult]]:
+        """Queue ``(stream, expected_version, events)`` appends; one future each.
+
+        Each append is written straight into the next outgoing message. All or nothing: the
+        writer cannot run before this returns, so a failure takes back what it queued.
+
+        Raises:
+            ValueError, TypeError: an append that cannot be encoded; none of ``appends`` is
+                queued.
+        """
         if self.broken:
             raise ClientClosedError("the append stream is closed")
         loop = asyncio.get_running_loop()
-        futures = []
-        for request in requests:
-            correlation_id = next(self._ids)
-            future: asyncio.Future[AppendResult] = loop.create_future()
-            self._pending[correlation_id] = future
-            self._outbox.append(_pb.PipelinedAppend(correlation_id=correlation_id,
-                                                    append=request))
-            futures.append(future)
+        futures: list[asyncio.Future[AppendResult]] = []
+        pending = self._pending
+        message = self._open
+        kept = (message, len(message.appends)) if message is not None else None
+        outbox_length = len(self._outbox)
+        ids: list[int] = []
+        try:
+            for stream, expected_version, events in appends:
+                if message is None or len(message.appends) >= self._message_limit:
+                    message = self._open = _pb.AppendStreamRequest()
+                    self._outbox.append(message)
+                correlation_id = next(self._ids)
+                item = message.appends.add(correlation_id=correlation_id)
+                ids.append(correlation_id)
+                fill_append(item.append, topic, stream, expected_version, events)
+                future: asyncio.Future[AppendResult] = loop.create_future()
+                pending[correlation_id] = future
+                futures.append(future)
+        except BaseException:
+            while len(self._outbox) > outbox_length:
+                self._outbox.pop()
+            self._open = None
+            if kept is not None:
+                del kept[0].appends[kept[1]:]
+                self._open = kept[0]
+            for correlation_id in ids:
+                pending.pop(correlation_id, None)
+            for future in futures:
+                future.cancel()
+            raise
         self._wake.set()
         return futures
 
@@ -99,15 +130,19 @@ class AppendPipeline:
                 await self._wake.wait()
                 self._wake.clear()
                 while self._outbox:
-                    room = self._max_in_flight - self._in_flight
-                    if room <= 0:
+                    message = self._outbox[0]
+                    size = len(message.appends)
+                    if size and self._in_flight + size > self._max_in_flight:
                         self._room.clear()
                         await self._room.wait()
                         continue
-                    take = min(room, _MAX_APPENDS_PER_MESSAGE)
-                    chunk, self._outbox = self._outbox[:take], self._outbox[take:]
-                    self._in_flight += len(chunk)
-                    await self._call.write(_pb.AppendStreamRequest(appends=chunk))
+                    self._outbox.popleft()
+                    if message is self._open:
+                        self._open = None  # later appends start the next message
+                    if not size:
+                        continue
+                    self._in_flight += size
+                    await self._call.write(message)
         except asyncio.CancelledError:
             raise
         except grpc.RpcError as exc:  # the reader sees the same failure and settles futures
@@ -145,7 +180,8 @@ class AppendPipeline:
         """Fail every unanswered append with ``error``; later submits open a new pipeline."""
         self.broken = True
         pending, self._pending = self._pending, {}
-        self._outbox = []
+        self._outbox.clear()
+        self._open = None
         for future in pending.values():
             if not future.done():
                 future.set_exception(error)

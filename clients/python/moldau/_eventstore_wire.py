@@ -23,6 +23,7 @@ from moldau.v1 import eventstore_pb2
 __all__ = [
     "append_request",
     "append_result",
+    "fill_append",
     "position_message",
     "recorded_events",
     "set_expected",
@@ -56,26 +57,34 @@ def set_expected(message: Any, expected_version: int) -> None:
     message.special = special
 
 
+def fill_append(request: eventstore_pb2.AppendToStreamRequest, topic: str, stream: str,
+                expected_version: int, events: Iterable[EventData]) -> None:
+    """Write one append into ``request`` in place (the pipeline's requests live inside the
+    message that carries them: building each one apart and copying it in cost twice as much).
+
+    Raises:
+        ValueError: a bad expected version (``request`` is then unchanged).
+        TypeError: an event field of the wrong type (``request`` is then partly filled).
+    """
+    set_expected(request, expected_version)
+    request.topic = topic
+    request.stream = stream
+    add = request.events.add
+    for e in events:
+        add(type=e.type, data=e.data, metadata=e.metadata, type_version=e.type_version,
+            event_id=str(e.event_id))
+
+
 def append_request(topic: str, stream: str, expected_version: int,
                    events: Iterable[EventData]) -> eventstore_pb2.AppendToStreamRequest:
-    request = _pb.AppendToStreamRequest(
-        topic=topic, stream=stream,
-        events=[
-            _pb.EventToAppend(type=e.type, data=e.data, metadata=e.metadata,
-                              type_version=e.type_version, event_id=str(e.event_id))
-            for e in events
-        ],
-    )
-    set_expected(request, expected_version)
+    request = _pb.AppendToStreamRequest()
+    fill_append(request, topic, stream, expected_version, events)
     return request
 
 
 def append_result(message: eventstore_pb2.AppendToStreamResponse) -> AppendResult:
-    return AppendResult(
-        first_version=message.first_version, last_version=message.last_version,
-        partition=message.partition, first_offset=message.first_offset,
-        last_offset=message.last_offset, duplicate=message.duplicate,
-    )
+    return AppendResult(message.first_version, message.last_version, message.partition,
+                        message.first_offset, message.last_offset, message.duplicate)
 
 
 def recorded_events(messages: Sequence[eventstore_pb2.RecordedEvent],

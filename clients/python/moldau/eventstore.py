@@ -204,17 +204,13 @@ class AsyncEventStore(AsyncClosing):
         ``EventData`` is safe: the event ids make it idempotent).
         """
         batch = [events] if isinstance(events, EventData) else events
-        request = append_request(self._topic(topic), stream, expected_version, batch)
-        return self._pipeline_for().submit(request)
+        return self._pipeline_for().submit_many(self._topic(topic),
+                                                ((stream, expected_version, batch),))[0]
 
     def append_many_async(self, appends: Iterable[AppendSpec], *,
                           topic: str | None = None) -> list[asyncio.Future[AppendResult]]:
         """:meth:`append_async` for each ``(stream, expected_version, events)``, in order."""
-        name = self._topic(topic)
-        pipeline = self._pipeline_for()
-        return pipeline.submit_many(
-            append_request(name, stream, expected, events) for stream, expected, events in appends
-        )
+        return self._pipeline_for().submit_many(self._topic(topic), appends)
 
     async def append_many(self, appends: Iterable[AppendSpec], *,
                           topic: str | None = None) -> list[AppendResult | MoldauError]:
@@ -222,6 +218,11 @@ class AsyncEventStore(AsyncClosing):
 
         Submitted in slices with a loop turn between them, so the first appends are on the
         wire (and being stored) while the later ones are still being encoded.
+
+        Raises:
+            ValueError, TypeError: an append that cannot be encoded (a bad expected version, a
+                field of the wrong type). Nothing of its slice of 512 is sent; earlier slices
+                may have been, and are stored as usual.
         """
         futures: list[asyncio.Future[AppendResult]] = []
         for chunk in _slices(appends, _SUBMIT_SLICE):
