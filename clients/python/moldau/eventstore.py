@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from typing import Any
 
 import grpc
@@ -79,16 +79,24 @@ MAX_LIST_COUNT = 1000
 AppendSpec = tuple[str, int, Sequence[EventData]]
 """``(stream, expected_version, events)``: one append of :meth:`EventStore.append_many`."""
 _SUBMIT_SLICE = 512
-"""Appends encoded per loop turn by :meth:`AsyncEventStore.append_many`."""
+"""Appends, or events, encoded per loop turn by :meth:`AsyncEventStore.append_many`."""
 
 
 def _slices(items: Iterable[AppendSpec], size: int) -> Iterator[list[AppendSpec]]:
+    """Runs of at most ``size`` appends that end once they hold ``size`` events.
+
+    500 appends of 100 events leave in slices of 6 (600 events): the broker decodes one
+    while the client encodes the next, instead of waiting for all 50,000 to be encoded.
+    """
     chunk: list[AppendSpec] = []
+    events = 0
     for item in items:
         chunk.append(item)
-        if len(chunk) == size:
+        events += len(item[2]) if isinstance(item[2], Sized) else 1
+        if len(chunk) == size or events >= size:
             yield chunk
             chunk = []
+            events = 0
     if chunk:
         yield chunk
 
