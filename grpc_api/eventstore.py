@@ -98,6 +98,7 @@ def _expected(request: Any) -> int:
 
 _UUID_INT = uuid.UUID.__dict__["int"].__set__
 _UUID_SAFE = uuid.UUID.__dict__["is_safe"].__set__
+_UNKNOWN_SAFETY = uuid.SafeUUID.unknown  # an enum member lookup costs 0.15 us
 
 
 class _WireId(uuid.UUID):
@@ -129,7 +130,7 @@ def _parse_event_id(text: str) -> uuid.UUID:
         if value >= 0 and f"{value:032x}" == digits:  # nothing int() forgives (+, _, case)
             event_id = object.__new__(_WireId)
             _UUID_INT(event_id, value)
-            _UUID_SAFE(event_id, uuid.SafeUUID.unknown)
+            _UUID_SAFE(event_id, _UNKNOWN_SAFETY)
             _WIRE_TEXT(event_id, text)
             return event_id
     return uuid.UUID(text)  # the other spellings it accepts, or ValueError
@@ -146,13 +147,8 @@ def _event_data(message: eventstore_pb2.EventToAppend) -> EventData:
             ) from None
     else:
         event_id = uuid.uuid4()
-    return EventData(
-        type=message.type,
-        data=message.data,
-        metadata=message.metadata,
-        type_version=message.type_version or 1,
-        event_id=event_id,
-    )
+    return EventData(message.type, message.data, message.metadata, message.type_version or 1,
+                     event_id)  # positional: a third cheaper, once per event
 
 
 def _recorded(events: Sequence[RecordedEvent]) -> list[eventstore_pb2.RecordedEvent]:
