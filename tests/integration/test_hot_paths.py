@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 import pytest
 
-from engine.records.batch import encode_values, iter_batches
+from engine.records.batch import decode_batches, encode_values, iter_batches
 from grpc_api.fetch import SUBSCRIBE_PUSH_BYTES
 from grpc_api.testing import ServerProcess
 from moldau.v1 import common_pb2, fetch_pb2, fetch_pb2_grpc, produce_pb2, produce_pb2_grpc
@@ -106,3 +106,38 @@ def test_subscribe_catching_up_pushes_several_whole_batches_within_credit(
     headers = [header for _, header in iter_batches(data)]  # whole, CRC-valid batches
     assert [h.base_offset for h in headers] == list(range(0, count * 100, 100))
     assert all(h.size == len(batch) for h in headers)
+
+
+def test_small_async_appends_stored_on_the_loop_never_overtake_queued_ones(
+    server: ServerProcess, stubs: Stubs, new_topic: Callable[..., str]
+) -> None:
+    """Small batches of an async topic skip the lane only while it is idle: interleaved with
+    batches too large for that (and a bad one), every record lands in the order sent."""
+    topic = new_topic(1, {"durability": "async"})
+    requests = []
+    for i in range(200):
+        size = 80_000 if i % 7 == 3 else 40  # over and under INLINE_APPEND_BYTES
+        requests.append(produce_pb2.ProduceRequest(
+            topic=topic, partition=0, correlation_id=i,
+            record_batch=encode_values([b"%05d" % i + b"." * size])))
+    requests.insert(100, produce_pb2.ProduceRequest(
+        topic=topic, partition=0, record_batch=b"not a batch" * 10, correlation_id=999))
+
+    async def run() -> list[produce_pb2.ProduceStreamResponse]:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = produce_pb2_grpc.ProduceServiceStub(channel)
+            return [ack async for ack in stub.ProduceStream(iter(requests))]
+
+    acks = asyncio.run(run())
+    assert [a.correlation_id for a in acks] == [r.correlation_id for r in requests]
+    assert acks[100].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    good = [a for a in acks if a.correlation_id != 999]
+    assert [a.response.results[0].base_offset for a in good] == list(range(200))
+    values = []
+    offset = 0
+    while offset < 200:
+        reply = stubs.fetch.Fetch(fetch_pb2.FetchRequest(topic=topic, partition=0,
+                                                         offset=offset, max_bytes=1 << 21))
+        values += [r.value[:5] for r in decode_batches(reply.record_batches)]
+        offset = reply.next_offset
+    assert values == [b"%05d" % i for i in range(200)]
