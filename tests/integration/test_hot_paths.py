@@ -108,15 +108,15 @@ def test_subscribe_catching_up_pushes_several_whole_batches_within_credit(
     assert all(h.size == len(batch) for h in headers)
 
 
-def test_small_async_appends_stored_on_the_loop_never_overtake_queued_ones(
+def test_small_and_large_async_batches_land_and_are_acked_in_the_order_sent(
     server: ServerProcess, stubs: Stubs, new_topic: Callable[..., str]
 ) -> None:
-    """Small batches of an async topic skip the lane only while it is idle: interleaved with
-    batches too large for that (and a bad one), every record lands in the order sent."""
+    """Small and 80 KB batches of an async topic (and a bad one) on one pipelined stream:
+    acknowledged in the order sent, stored at consecutive offsets, read back in that order."""
     topic = new_topic(1, {"durability": "async"})
     requests = []
     for i in range(200):
-        size = 80_000 if i % 7 == 3 else 40  # over and under INLINE_APPEND_BYTES
+        size = 80_000 if i % 7 == 3 else 40
         requests.append(produce_pb2.ProduceRequest(
             topic=topic, partition=0, correlation_id=i,
             record_batch=encode_values([b"%05d" % i + b"." * size])))
