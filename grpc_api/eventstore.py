@@ -74,7 +74,6 @@ MAX_READ_COUNT = 4096
 DEFAULT_SUBSCRIBE_BATCH = 1000
 MAX_LIST_COUNT = 1000
 APPEND_STREAM_WINDOW = 16_384
-PARTITION_CACHE_SIZE = 100_000
 CURRENT_VERSION_KEY = "moldau-current-version"
 _Append = tuple[str, int, list[EventData]]
 _Deliver = Callable[[GroupOutcome | BaseException], None]
@@ -324,7 +323,6 @@ class EventStoreServicer(eventstore_pb2_grpc.EventStoreServiceServicer):
         self._runtime = runtime
         self._lanes: dict[tuple[str, int], _GroupLane] = {}
         self._partition_counts: dict[str, int] = {}
-        self._partition_of: dict[tuple[str, str], int] = {}  # murmur2 is slow in Python
 
     def _store(self) -> EventStore:
         return self._runtime.event_store()
@@ -512,17 +510,11 @@ class EventStoreServicer(eventstore_pb2_grpc.EventStoreServiceServicer):
     def _route(self, request: eventstore_pb2.AppendToStreamRequest, count: int,
                ) -> tuple[tuple[str, str, int, list[EventData]], int]:
         """The append as engine values, and its partition; no coroutine per append."""
-        topic = request.topic
         expected = _expected(request)
         events = [_event_data(e) for e in request.events]
         stream = request.stream
-        partition = self._partition_of.get((topic, stream))
-        if partition is None:
-            if len(self._partition_of) >= PARTITION_CACHE_SIZE:
-                self._partition_of.clear()
-            partition = partition_for_key(stream.encode(), count)
-            self._partition_of[(topic, stream)] = partition
-        return (topic, request.stream, expected, events), partition
+        partition = partition_for_key(stream.encode(), count)  # murmur2 in C: no cache needed
+        return (request.topic, stream, expected, events), partition
 
     @stream_errors
     async def Subscribe(  # noqa: N802  (the RPC name from the proto)

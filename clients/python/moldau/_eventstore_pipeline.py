@@ -1,9 +1,10 @@
 """Pipelined appends: many appends in flight on one bidirectional ``AppendStream`` call.
 
 Each append gets a correlation id and a future. Appends queued in the same turn of the event
-loop are written straight into one ``AppendStreamRequest`` (up to ``_MAX_APPENDS_PER_MESSAGE``), so
-gRPC's per-message cost is paid once per burst, not once per event; the server answers with
-``AppendOutcome`` messages (also grouped) that settle the futures by id. The server runs the
+loop are written straight into one ``AppendStreamRequest`` (up to
+``_MAX_APPENDS_PER_MESSAGE``), so gRPC's per-message cost is paid once per burst, not once
+per event; the server answers with ``AppendOutcome`` messages (also grouped) that settle the
+futures by id. The server runs the
 appends of one partition in the order sent, so a caller may queue ``expected_version`` n, n+1,
 n+2 ... for one stream without waiting.
 
@@ -130,17 +131,15 @@ class AppendPipeline:
                 await self._wake.wait()
                 self._wake.clear()
                 while self._outbox:
-                    message = self._outbox[0]
+                    message = self._outbox[0]  # never empty: submit_many takes back failures
                     size = len(message.appends)
-                    if size and self._in_flight + size > self._max_in_flight:
+                    if self._in_flight + size > self._max_in_flight:
                         self._room.clear()
                         await self._room.wait()
                         continue
                     self._outbox.popleft()
                     if message is self._open:
                         self._open = None  # later appends start the next message
-                    if not size:
-                        continue
                     self._in_flight += size
                     await self._call.write(message)
         except asyncio.CancelledError:
