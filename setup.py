@@ -16,6 +16,8 @@ setup(
         for name, source in (
             ("engine.records._crecords", "engine/records/_crecords.c"),
             ("engine.views.routing._creframe", "engine/views/routing/_creframe.c"),
+            ("engine.views.eventstore._cevents", "engine/views/eventstore/_cevents.c"),
+            ("grpc_api._cappend", "grpc_api/_cappend.c"),
             ("moldau._creplay", "clients/python/moldau/_creplay.c"),
         )
     ]

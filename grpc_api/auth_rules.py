@@ -172,9 +172,9 @@ def _events_subscribe(request: Any) -> Iterable[Requirement]:
 
 
 def _pipelined_appends(request: Any) -> Iterable[Requirement]:
-    """WRITE on the stream of every append a pipelined message carries."""
-    return tuple((STREAM, WRITE, stream_resource(item.append.topic, item.append.stream))
-                 for item in request.appends)
+    """WRITE on the stream of every append a pipelined message (``ParsedAppends``) carries."""
+    return tuple((STREAM, WRITE, stream_resource(topic, stream))
+                 for topic, stream in request.streams())
 
 
 # ---------------------------------------------------------------------------- queues, exchanges

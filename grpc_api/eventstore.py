@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import functools
 import threading
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
@@ -49,6 +48,12 @@ from engine.views.eventstore import (
     RecordedEvent,
 )
 from engine.views.eventstore.group import GroupOutcome
+from grpc_api.append_wire import (
+    ParsedAppends,
+    decode_appends,
+    event_data,
+    expected_version,
+)
 from grpc_api.errors import (
     ERROR_METADATA_KEY,
     InvalidRequestError,
@@ -62,7 +67,7 @@ from grpc_api.logs import REQUEST_ID, REQUEST_ID_KEY
 from grpc_api.runtime import Runtime
 from moldau.v1 import eventstore_pb2, eventstore_pb2_grpc
 
-__all__ = ["EventStoreServicer"]
+__all__ = ["EventStoreServicer", "add_event_store_service"]
 
 _pb = eventstore_pb2
 _SPECIAL = {
@@ -75,79 +80,8 @@ DEFAULT_SUBSCRIBE_BATCH = 1000
 MAX_LIST_COUNT = 1000
 APPEND_STREAM_WINDOW = 16_384
 CURRENT_VERSION_KEY = "moldau-current-version"
-_Append = tuple[str, int, list[EventData]]
+_Append = tuple[str, int, Sequence[EventData]]
 _Deliver = Callable[[GroupOutcome | BaseException], None]
-
-
-def _expected(request: Any) -> int:
-    kind = request.WhichOneof("expected")
-    if kind == "exact":
-        if request.exact < 0:
-            raise InvalidRequestError(
-                f"an exact expected version is >= 0, got {request.exact}; use `special` for "
-                "ANY, NO_STREAM or STREAM_EXISTS"
-            )
-        return int(request.exact)
-    if kind == "special" and request.special in _SPECIAL:
-        return _SPECIAL[request.special]
-    raise InvalidRequestError(
-        "set the expected version: `exact` (>= 0) or `special` (ANY, NO_STREAM, STREAM_EXISTS)"
-    )
-
-
-_UUID_INT = uuid.UUID.__dict__["int"].__set__
-_UUID_SAFE = uuid.UUID.__dict__["is_safe"].__set__
-_UNKNOWN_SAFETY = uuid.SafeUUID.unknown  # an enum member lookup costs 0.15 us
-
-
-class _WireId(uuid.UUID):
-    """A UUID that keeps the canonical text it arrived as.
-
-    The engine keys its idempotency window by ``str(event_id)``; for an id that came over the
-    wire in that form already, parsing it and formatting it back twice per event was a third
-    of the broker's per-event work on large appends.
-    """
-
-    __slots__ = ("_text",)
-    _text: str
-
-    def __str__(self) -> str:
-        return self._text
-
-
-_WIRE_TEXT = _WireId.__dict__["_text"].__set__
-
-
-def _parse_event_id(text: str) -> uuid.UUID:
-    """``uuid.UUID(text)``; the canonical lower-case form every client sends keeps its text."""
-    digits = text.replace("-", "")
-    if len(digits) == 32 and len(text) == 36 and text[8] == text[13] == text[18] == text[23] == "-":
-        try:
-            value = int(digits, 16)
-        except ValueError:
-            value = -1
-        if value >= 0 and f"{value:032x}" == digits:  # nothing int() forgives (+, _, case)
-            event_id = object.__new__(_WireId)
-            _UUID_INT(event_id, value)
-            _UUID_SAFE(event_id, _UNKNOWN_SAFETY)
-            _WIRE_TEXT(event_id, text)
-            return event_id
-    return uuid.UUID(text)  # the other spellings it accepts, or ValueError
-
-
-def _event_data(message: eventstore_pb2.EventToAppend) -> EventData:
-    if message.event_id:
-        try:
-            event_id = _parse_event_id(message.event_id)
-        except ValueError:
-            raise InvalidRequestError(
-                f"event_id {message.event_id[:60]!r} is not a UUID; use the 36-character form "
-                "like 0f8fad5b-d9cb-469f-a165-70867728950e, or leave it empty"
-            ) from None
-    else:
-        event_id = uuid.uuid4()
-    return EventData(message.type, message.data, message.metadata, message.type_version or 1,
-                     event_id)  # positional: a third cheaper, once per event
 
 
 def _recorded(events: Sequence[RecordedEvent]) -> list[eventstore_pb2.RecordedEvent]:
@@ -316,6 +250,34 @@ class _AppendCall:
         return response
 
 
+class _Handlers:
+    """Stands in for a server to collect what the generated ``add_..._to_server`` registers."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Any] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass  # the same handlers come to add_registered_method_handlers
+
+    def add_registered_method_handlers(self, name: str, handlers: dict[str, Any]) -> None:
+        self.handlers = dict(handlers)
+
+
+def add_event_store_service(servicer: EventStoreServicer, server: Any) -> None:
+    """Register ``servicer`` like ``add_EventStoreServiceServicer_to_server``, except that
+    AppendStream's messages reach it as :class:`ParsedAppends` (``append_wire``), not parsed
+    by protobuf first."""
+    collected = _Handlers()
+    eventstore_pb2_grpc.add_EventStoreServiceServicer_to_server(servicer, collected)
+    handlers = collected.handlers
+    handlers["AppendStream"] = grpc.stream_stream_rpc_method_handler(
+        servicer.AppendStream, request_deserializer=decode_appends,
+        response_serializer=_pb.AppendStreamResponse.SerializeToString)
+    name = eventstore_pb2.DESCRIPTOR.services_by_name["EventStoreService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
+
+
 class EventStoreServicer(eventstore_pb2_grpc.EventStoreServiceServicer):
     """Translates EventStoreService calls into EventStore calls."""
 
@@ -342,8 +304,8 @@ class EventStoreServicer(eventstore_pb2_grpc.EventStoreServiceServicer):
     async def AppendToStream(  # noqa: N802  (the RPC name from the proto)
         self, request: eventstore_pb2.AppendToStreamRequest, context: Any
     ) -> eventstore_pb2.AppendToStreamResponse:
-        expected = _expected(request)
-        events = [_event_data(e) for e in request.events]
+        expected = expected_version(request)
+        events = [event_data(e) for e in request.events]
         try:
             result = await self._run(self._store().append_to_stream, request.topic,
                                      request.stream, expected, events)
@@ -394,7 +356,7 @@ class EventStoreServicer(eventstore_pb2_grpc.EventStoreServiceServicer):
     async def DeleteStream(  # noqa: N802  (the RPC name from the proto)
         self, request: eventstore_pb2.DeleteStreamRequest, context: Any
     ) -> eventstore_pb2.DeleteStreamResponse:
-        expected = _expected(request) if request.WhichOneof("expected") else ANY
+        expected = expected_version(request) if request.WhichOneof("expected") else ANY
         try:
             await self._run(self._store().delete_stream, request.topic, request.stream,
                             expected)
@@ -448,9 +410,10 @@ class EventStoreServicer(eventstore_pb2_grpc.EventStoreServiceServicer):
         ], more=more)
 
     @stream_errors
-    async def AppendStream(  # noqa: N802  (the RPC name from the proto)
-        self, request_iterator: AsyncIterator[eventstore_pb2.AppendStreamRequest], context: Any
+    async def AppendStream(  # type: ignore[override]  # noqa: N802  (the RPC name)
+        self, request_iterator: AsyncIterator[ParsedAppends], context: Any
     ) -> AsyncIterator[eventstore_pb2.AppendStreamResponse]:
+        """Registered by :func:`add_event_store_service`: messages arrive as ParsedAppends."""
         self._store()  # UNAVAILABLE at once while the broker is not ready
         call = _AppendCall(APPEND_STREAM_WINDOW)
         reader = asyncio.create_task(self._read_appends(request_iterator, call))
@@ -468,31 +431,35 @@ class EventStoreServicer(eventstore_pb2_grpc.EventStoreServiceServicer):
         finally:
             reader.cancel()
 
-    async def _read_appends(self, requests: AsyncIterator[eventstore_pb2.AppendStreamRequest],
+    async def _read_appends(self, requests: AsyncIterator[ParsedAppends],
                             call: _AppendCall) -> None:
         """Route every append to its partition's lane, in arrival order."""
         try:
             async for message in requests:
-                for item in message.appends:
+                if message.error is not None:
+                    raise message.error
+                for correlation_id, topic, stream, expected, events in message.appends:
                     while call.in_flight >= call.window:
                         call.room.clear()
                         await call.room.wait()
                     call.in_flight += 1
-                    correlation_id = item.correlation_id
-                    request = item.append
+                    if isinstance(events, InvalidRequestError):
+                        call.answer(correlation_id, events)
+                        continue
                     try:
-                        count = self._partition_counts.get(request.topic)
+                        count = self._partition_counts.get(topic)
                         if count is None:
-                            count = await self._partition_count(request.topic)
-                        append, partition = self._route(request, count)
+                            count = await self._partition_count(topic)
                     except Exception as exc:  # answered with its status; the call goes on
                         call.answer(correlation_id, exc)
                         continue
-                    lane = self._lanes.get((append[0], partition))
+                    # murmur2 runs in C: no cache of stream -> partition needed
+                    partition = partition_for_key(stream.encode(), count)
+                    lane = self._lanes.get((topic, partition))
                     if lane is None:
-                        lane = _GroupLane(self._runtime, append[0], partition)
-                        self._lanes[(append[0], partition)] = lane
-                    lane.submit((append[1], append[2], append[3]),
+                        lane = self._lanes[(topic, partition)] = _GroupLane(
+                            self._runtime, topic, partition)
+                    lane.submit((stream, expected, events),
                                 functools.partial(call.answer, correlation_id))
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
@@ -506,15 +473,6 @@ class EventStoreServicer(eventstore_pb2_grpc.EventStoreServiceServicer):
         count = len(await self._run(self._store().open_topic, topic))
         self._partition_counts[topic] = count
         return count
-
-    def _route(self, request: eventstore_pb2.AppendToStreamRequest, count: int,
-               ) -> tuple[tuple[str, str, int, list[EventData]], int]:
-        """The append as engine values, and its partition; no coroutine per append."""
-        expected = _expected(request)
-        events = [_event_data(e) for e in request.events]
-        stream = request.stream
-        partition = partition_for_key(stream.encode(), count)  # murmur2 in C: no cache needed
-        return (request.topic, stream, expected, events), partition
 
     @stream_errors
     async def Subscribe(  # noqa: N802  (the RPC name from the proto)

@@ -44,7 +44,7 @@ from grpc_api.auth import Security
 from grpc_api.callctx import CallContextInterceptor
 from grpc_api.config import ConfigError, ServerConfig, load_config
 from grpc_api.disk_space import DiskSpaceMonitor
-from grpc_api.eventstore import EventStoreServicer
+from grpc_api.eventstore import EventStoreServicer, add_event_store_service
 from grpc_api.exchanges import ExchangeServicer
 from grpc_api.fetch import FetchServicer, add_fetch_service
 from grpc_api.groups import GroupServicer, run_group_maintenance
@@ -57,7 +57,6 @@ from moldau.v1 import (
     admin_pb2,
     admin_pb2_grpc,
     eventstore_pb2,
-    eventstore_pb2_grpc,
     exchanges_pb2,
     exchanges_pb2_grpc,
     fetch_pb2,
@@ -125,9 +124,7 @@ def build_server(runtime: Runtime, health_servicer: Any, security: Security | No
     produce_pb2_grpc.add_ProduceServiceServicer_to_server(ProduceServicer(runtime), server)
     add_fetch_service(FetchServicer(runtime), server)
     groups_pb2_grpc.add_GroupServiceServicer_to_server(GroupServicer(runtime), server)
-    eventstore_pb2_grpc.add_EventStoreServiceServicer_to_server(
-        EventStoreServicer(runtime), server
-    )
+    add_event_store_service(EventStoreServicer(runtime), server)
     security_pb2_grpc.add_AclServiceServicer_to_server(AclServicer(runtime, security), server)
     queues_pb2_grpc.add_QueueServiceServicer_to_server(QueueServicer(runtime), server)
     exchanges_pb2_grpc.add_ExchangeServiceServicer_to_server(ExchangeServicer(runtime), server)

@@ -7,7 +7,7 @@ import uuid
 from hypothesis import given
 from hypothesis import strategies as st
 
-from grpc_api.eventstore import _parse_event_id
+from grpc_api.append_wire import parse_event_id as _parse_event_id
 
 _HEX = "0123456789abcdefABCDEF"
 _near_canonical = st.lists(st.sampled_from([*_HEX, "-", "_", "+", " ", "g", "{", "}"]),

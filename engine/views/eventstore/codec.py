@@ -72,7 +72,15 @@ from engine.records.crc import crc32c
 from engine.records.errors import RecordError
 from engine.records.record import Header, NewRecord, Record
 from engine.records.varint import SMALL_VARINTS, decode_varint, decode_varlong, encode_varint
+from engine.views.eventstore.packed import PackedEvents
 from engine.views.eventstore.types import EventData, EventPosition, RecordedEvent
+
+try:
+    from engine.views.eventstore import _cevents
+
+    NATIVE = True
+except ImportError:  # not built (no compiler at install): PackedEvents go through the loop
+    NATIVE = False
 
 __all__ = [
     "DELETED_TYPE",
@@ -164,6 +172,8 @@ def encode_event_group(
     their layout: length, attributes 0, timestampDelta 0, offsetDelta, key, value, headers)
     straight into one list of byte strings instead of building ``NewRecord`` and ``Header``
     objects, and the batch header (layout in ``engine.records.batch``) with two structs.
+    :class:`PackedEvents` are written by ``_cevents.encode`` straight from the request bytes
+    (the loop below is its reference).
     """
     parts: list[bytes] = []
     append = parts.append
@@ -173,6 +183,11 @@ def encode_event_group(
     for stream_key, first_version, events, ids in appends:
         klen = len(stream_key)
         key_part = (small[klen] if klen < cached else encode_varint(klen)) + stream_key
+        if NATIVE and type(events) is PackedEvents:
+            append(_cevents.encode(events.raw, events.spans, events.ids, key_part,
+                                   first_version, delta))
+            delta += len(events)
+            continue
         for number, event in enumerate(events):
             type_bytes = event.type.encode()
             version = b"%d" % (first_version + number)

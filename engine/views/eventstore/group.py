@@ -96,10 +96,9 @@ class PendingGroup:
             if state is None:
                 state = index.streams[key] = StreamState()
             start = offset
-            for version, event_id in enumerate(ids, first):
-                state.add_event(version, offset)
-                index.remember(event_id, key, version)
-                offset += 1
+            state.add_events(first, offset, len(ids))
+            index.remember_many(ids, key, first)
+            offset += len(ids)
             outcomes[number] = AppendResult(first, first + len(events) - 1, part.number, start,
                                             offset - 1)
         count = offset - appended.base_offset

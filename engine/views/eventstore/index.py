@@ -28,10 +28,12 @@ appended and read under the GIL only, so a checkpoint may read a stream's prefix
 
 from __future__ import annotations
 
+import itertools
 import logging
 from array import array
-from collections import OrderedDict
-from collections.abc import Iterable
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Sequence
+from itertools import repeat
 
 from engine.views.eventstore.codec import KIND_DELETED, KIND_TRUNCATED, ScanEntry
 
@@ -92,6 +94,17 @@ class StreamState:
             offsets.extend([-1] * missing)
         offsets.append(offset)
         return True
+
+    def add_events(self, first: int, offset: int, count: int) -> None:
+        """Record versions ``first..first+count-1`` at consecutive offsets from ``offset``
+        (an append's events: one call, not one per event)."""
+        offsets = self.offsets
+        missing = first - len(offsets)
+        if missing < 0:
+            raise ValueError(f"version {first} is claimed already (last {len(offsets) - 1})")
+        if missing:
+            offsets.extend([-1] * missing)
+        offsets.extend(range(offset, offset + count))
 
     def add_control(self, offset: int, is_delete: bool, truncate_before: int) -> None:
         keep = max(self.truncate_before, truncate_before)
@@ -157,6 +170,16 @@ class PartitionIndex:
         ids[event_id] = (key, version)
         if len(ids) > self.window:
             ids.popitem(last=False)
+
+    def remember_many(self, event_ids: Sequence[bytes], key: bytes, first: int) -> None:
+        """``remember`` of consecutive versions from ``first``, the loops in C."""
+        if self.window <= 0:
+            return
+        ids = self.ids
+        ids.update(zip(event_ids, zip(repeat(key), itertools.count(first)), strict=False))
+        excess = len(ids) - self.window
+        if excess > 0:
+            deque(map(ids.popitem, repeat(False, excess)), maxlen=0)
 
     def remember_all(self, entries: Iterable[ScanEntry]) -> None:
         """Fill the window from records before a checkpoint (the index already has them)."""

@@ -42,6 +42,7 @@ from engine.views.eventstore.codec import encode_control, encode_events
 from engine.views.eventstore.group import GroupOutcome, PendingGroup
 from engine.views.eventstore.index import StreamState
 from engine.views.eventstore.merge import read_merged
+from engine.views.eventstore.packed import PackedEvents
 from engine.views.eventstore.partitions import StorePartition, open_partition
 from engine.views.eventstore.reader import read_at_offsets
 from engine.views.eventstore.snapshots import SnapshotStore
@@ -61,6 +62,7 @@ from engine.views.eventstore.types import (
     StreamInfo,
     StreamSlice,
     category_prefix,
+    validate_count,
     validate_events,
     validate_expected,
     validate_stream_id,
@@ -244,9 +246,13 @@ class EventStore:
                 f"stream {stream!r} belongs to partition {partition_for_key(key, partitions)}, "
                 f"not {part.number}", stream)
         validate_expected(expected)
-        validate_events(stream, events, self.settings.max_events_per_append)
-        ids = [str(event.event_id).encode() for event in events]
-        size = sum(len(e.data) + len(e.metadata) + len(e.type) + 80 for e in events)
+        if type(events) is PackedEvents:  # checked event by event where it was parsed
+            validate_count(stream, len(events), self.settings.max_events_per_append)
+            ids, size = events.ids, events.size
+        else:
+            validate_events(stream, events, self.settings.max_events_per_append)
+            ids = [str(event.event_id).encode() for event in events]
+            size = sum(len(e.data) + len(e.metadata) + len(e.type) + 80 for e in events)
         if group.must_flush_before(ids, size):
             group.flush(part.stamp(self._clock.now_ms()), outcomes)
         state = part.index.state(key)
@@ -302,11 +308,12 @@ class EventStore:
             ):
                 return _retry_result(part, state, version, len(ids))
             raise DuplicateEventIdError(stream, ids[0].decode(), stored_key.decode(), version)
-        for event_id in ids[1:]:
-            stored = window.get(event_id)
-            if stored is not None:
-                raise DuplicateEventIdError(stream, event_id.decode(), stored[0].decode(),
-                                            stored[1])
+        if not window.keys().isdisjoint(ids):  # the loop only when one is there: rare
+            for event_id in ids[1:]:
+                stored = window.get(event_id)
+                if stored is not None:
+                    raise DuplicateEventIdError(stream, event_id.decode(), stored[0].decode(),
+                                                stored[1])
         first = expected + 1
         if state is None or expected < NO_STREAM or state.last_version < first + len(ids) - 1:
             return None

@@ -220,12 +220,17 @@ def validate_stream_id(stream: str) -> bytes:
     return key
 
 
+def validate_count(stream: str, count: int, max_events: int) -> None:
+    """Refuse empty or oversized appends (all a PackedEvents append still needs checked)."""
+    if not 1 <= count <= max_events:
+        raise InvalidEventStoreRequestError(
+            f"an append carries 1 to {max_events} events, got {count}", stream
+        )
+
+
 def validate_events(stream: str, events: Sequence[EventData], max_events: int) -> None:
     """Refuse empty or oversized appends, reserved or bad types and ids repeated in one append."""
-    if not 1 <= len(events) <= max_events:
-        raise InvalidEventStoreRequestError(
-            f"an append carries 1 to {max_events} events, got {len(events)}", stream
-        )
+    validate_count(stream, len(events), max_events)
     seen: set[uuid.UUID] = set()
     for event in events:
         size = len(event.type.encode())
