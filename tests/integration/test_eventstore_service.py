@@ -284,3 +284,41 @@ def test_append_stream_orders_per_stream_and_errors_per_request(store: Any, topi
     # the stream's later appends expected the version 31 would have made: they fail too
     assert all(outcomes[n].WhichOneof("outcome") == "error" for n in range(33, 60, 2))
     assert [outcomes[n].response.last_version for n in range(0, 60, 2)] == list(range(30))
+
+
+def test_append_stream_answers_bad_appends_beside_good_ones(store: Any, topic: str) -> None:
+    good_id = str(uuid.uuid4())
+    items = [
+        pb.PipelinedAppend(correlation_id=1, append=pb.AppendToStreamRequest(
+            topic=topic, stream="mixed", special=NO_STREAM,
+            events=_events("A", "B", ids=[good_id, str(uuid.uuid4()).upper()]))),
+        pb.PipelinedAppend(correlation_id=2, append=pb.AppendToStreamRequest(
+            topic=topic, stream="mixed", exact=1, events=_events("C", ids=["nope"]))),
+        pb.PipelinedAppend(correlation_id=3, append=pb.AppendToStreamRequest(
+            topic=topic, stream="mixed", events=_events("D"))),  # no expected version
+        pb.PipelinedAppend(correlation_id=4, append=pb.AppendToStreamRequest(
+            topic=topic, stream="mixed", exact=1, events=_events("$E"))),
+        pb.PipelinedAppend(correlation_id=5, append=pb.AppendToStreamRequest(
+            topic=topic, stream="mixed", exact=1, events=_events("F", "G"))),
+    ]
+    responses = store.AppendStream(iter([pb.AppendStreamRequest(appends=items)]))
+    outcomes = {o.correlation_id: o for r in responses for o in r.outcomes}
+    assert outcomes[1].response.last_version == 1
+    assert "not a UUID" in outcomes[2].error.message
+    assert "expected version" in outcomes[3].error.message
+    assert "not valid" in outcomes[4].error.message
+    assert {outcomes[n].error.code for n in (2, 3, 4)} == {
+        grpc.StatusCode.INVALID_ARGUMENT.value[0]}
+    assert outcomes[5].response.first_version == 2
+    read = store.ReadStream(pb.ReadStreamRequest(topic=topic, stream="mixed"))
+    assert [e.type for e in read.events] == ["A", "B", "F", "G"]
+    assert read.events[0].event_id == good_id
+
+
+def test_append_stream_refuses_bytes_that_are_no_request(server: ServerProcess,
+                                                         topic: str) -> None:
+    with grpc.insecure_channel(server.address) as channel:
+        call = channel.stream_stream("/moldau.v1.EventStoreService/AppendStream")
+        code, details, _ = _code(lambda: list(call(iter([b"\x0a\xff\xff\xff"]))))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "AppendStreamRequest" in details
