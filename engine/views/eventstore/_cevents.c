@@ -54,10 +54,21 @@ put_field(unsigned char *out, const void *data, Py_ssize_t length)
     return out + length;
 }
 
+/* ``b"%d" % value`` of a non-negative value into buffer (24 bytes); its length */
 static inline int
 decimal(char *buffer, long long value)
 {
-    return snprintf(buffer, 24, "%lld", value);
+    char reversed[24];
+    int length = 0;
+    unsigned long long rest = (unsigned long long)value;
+    do {
+        reversed[length++] = (char)('0' + rest % 10);
+        rest /= 10;
+    } while (rest);
+    for (int i = 0; i < length; i++) {
+        buffer[i] = reversed[length - 1 - i];
+    }
+    return length;
 }
 
 #define HEADER_KEY_SIZE(name) (varint_size(sizeof(name) - 1) + (Py_ssize_t)sizeof(name) - 1)

@@ -20,7 +20,8 @@ turns read-only and :meth:`PartitionIndex.rollback` drops every claim at or abov
 watermark: no later claim can exist, and none of those appends was acknowledged.
 
 The id window maps the event ids of the last ``window`` events of the partition to (stream,
-version), for recognising retried appends.
+version), for recognising retried appends. It forgets whole appends (or runs of 1,024 ids
+remembered one by one), so it may hold up to one append more than ``window``.
 
 Concurrency: mutations happen under the owning partition's lock (``store``). The arrays are
 appended and read under the GIL only, so a checkpoint may read a stream's prefix without it.
@@ -31,7 +32,7 @@ from __future__ import annotations
 import itertools
 import logging
 from array import array
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterable, Sequence
 from itertools import repeat
 
@@ -123,13 +124,23 @@ class StreamState:
             self.controls = None
 
 
+class _Singles(list[bytes]):
+    """A chunk of the id window filled one id at a time (``remember``)."""
+
+
+_SINGLES_CHUNK = 1024
+
+
 class PartitionIndex:
     """Streams of one partition, the id window and how far the log has been applied."""
 
     def __init__(self, window: int) -> None:
         self.streams: dict[bytes, StreamState] = {}
-        self.ids: OrderedDict[bytes, tuple[bytes, int]] = OrderedDict()
+        self.ids: dict[bytes, tuple[bytes, int]] = {}
         self.window = window
+        self._chunks: deque[Sequence[bytes]] = deque()
+        """The ids of ``ids`` as they were remembered, one entry per append, oldest first."""
+        self._chunk_events = 0
         self.next_offset = 0
         self.events = 0
         self.skipped = 0
@@ -163,23 +174,38 @@ class PartitionIndex:
                                   entry.truncate_before)
 
     def remember(self, event_id: bytes, key: bytes, version: int) -> None:
-        """Put one event id in the window, evicting the oldest beyond ``window``."""
+        """Put one event id in the window (see :meth:`remember_many`)."""
         if self.window <= 0:
             return
-        ids = self.ids
-        ids[event_id] = (key, version)
-        if len(ids) > self.window:
-            ids.popitem(last=False)
+        self.ids[event_id] = (key, version)
+        chunks = self._chunks
+        if chunks and type(chunks[-1]) is _Singles and len(chunks[-1]) < _SINGLES_CHUNK:
+            chunks[-1].append(event_id)
+        else:
+            chunks.append(_Singles((event_id,)))
+        self._chunk_events += 1
+        self._forget_old()
 
     def remember_many(self, event_ids: Sequence[bytes], key: bytes, first: int) -> None:
-        """``remember`` of consecutive versions from ``first``, the loops in C."""
+        """Put an append's event ids (versions from ``first``) in the window.
+
+        The window forgets whole appends, oldest first, while the rest still hold ``window``
+        events: an OrderedDict evicting one id per new one cost twice as much per event.
+        """
         if self.window <= 0:
             return
         ids = self.ids
         ids.update(zip(event_ids, zip(repeat(key), itertools.count(first)), strict=False))
-        excess = len(ids) - self.window
-        if excess > 0:
-            deque(map(ids.popitem, repeat(False, excess)), maxlen=0)
+        self._chunks.append(event_ids)
+        self._chunk_events += len(event_ids)
+        self._forget_old()
+
+    def _forget_old(self) -> None:
+        chunks, ids = self._chunks, self.ids
+        while self._chunk_events - len(chunks[0]) >= self.window:
+            old = chunks.popleft()
+            self._chunk_events -= len(old)
+            deque(map(ids.pop, old, repeat(None)), maxlen=0)  # absent after a rollback: fine
 
     def remember_all(self, entries: Iterable[ScanEntry]) -> None:
         """Fill the window from records before a checkpoint (the index already has them)."""
@@ -197,4 +223,6 @@ class PartitionIndex:
             kept = self.streams.get(key)
             if kept is None or version > kept.last_version:
                 del self.ids[event_id]
+        self._chunks = deque([tuple(self.ids)])
+        self._chunk_events = len(self.ids)
         self.next_offset = min(self.next_offset, from_offset)
