@@ -124,11 +124,8 @@ class StreamState:
             self.controls = None
 
 
-class _Singles(list[bytes]):
-    """A chunk of the id window filled one id at a time (``remember``)."""
-
-
 _SINGLES_CHUNK = 1024
+"""Ids remembered one by one share a chunk of the window up to this many."""
 
 
 class PartitionIndex:
@@ -141,6 +138,8 @@ class PartitionIndex:
         self._chunks: deque[Sequence[bytes]] = deque()
         """The ids of ``ids`` as they were remembered, one entry per append, oldest first."""
         self._chunk_events = 0
+        self._singles: list[bytes] | None = None
+        """The last chunk while ``remember`` fills it."""
         self.next_offset = 0
         self.events = 0
         self.skipped = 0
@@ -174,17 +173,19 @@ class PartitionIndex:
                                   entry.truncate_before)
 
     def remember(self, event_id: bytes, key: bytes, version: int) -> None:
-        """Put one event id in the window (see :meth:`remember_many`)."""
+        """Put one event id in the window (see :meth:`remember_many`); a rebuild calls this
+        once per record, so it appends to a run of single ids instead of a chunk each."""
         if self.window <= 0:
             return
         self.ids[event_id] = (key, version)
-        chunks = self._chunks
-        if chunks and type(chunks[-1]) is _Singles and len(chunks[-1]) < _SINGLES_CHUNK:
-            chunks[-1].append(event_id)
-        else:
-            chunks.append(_Singles((event_id,)))
+        singles = self._singles
+        if singles is None or len(singles) >= _SINGLES_CHUNK:
+            singles = self._singles = []
+            self._chunks.append(singles)
+        singles.append(event_id)
         self._chunk_events += 1
-        self._forget_old()
+        if self._chunk_events - len(self._chunks[0]) >= self.window:
+            self._forget_old()
 
     def remember_many(self, event_ids: Sequence[bytes], key: bytes, first: int) -> None:
         """Put an append's event ids (versions from ``first``) in the window.
@@ -197,6 +198,7 @@ class PartitionIndex:
         ids = self.ids
         ids.update(zip(event_ids, zip(repeat(key), itertools.count(first)), strict=False))
         self._chunks.append(event_ids)
+        self._singles = None
         self._chunk_events += len(event_ids)
         self._forget_old()
 
@@ -224,5 +226,6 @@ class PartitionIndex:
             if kept is None or version > kept.last_version:
                 del self.ids[event_id]
         self._chunks = deque([tuple(self.ids)])
+        self._singles = None
         self._chunk_events = len(self.ids)
         self.next_offset = min(self.next_offset, from_offset)
