@@ -14,6 +14,7 @@ import pytest
 import moldau
 from engine.records import encode_values
 from moldau import Consumer, Producer, TopicPartition
+from moldau import _fetcher
 from moldau._fetcher import Chunk
 
 
@@ -175,3 +176,34 @@ def test_a_partition_resumes_after_its_topic_is_recreated(address: str, topic: s
             with contextlib.suppress(moldau.TopicNotFoundError):
                 records += consumer.poll(timeout_ms=200)
         assert [(r.offset, r.value) for r in records] == [(0, b"0"), (1, b"1"), (2, b"2")]
+
+
+def test_credit_is_given_back_in_bulk_and_never_runs_dry(address: str, topic: str) -> None:
+    """4 KiB of credit, 3,000 records sent one batch each: many grants, no stall."""
+    fill(address, topic, 3000)
+    with Consumer(address, credit_bytes=4096) as consumer:
+        consumer.assign([TopicPartition(topic, 0)])
+        consumer.seek_to_beginning()
+        got: list[bytes] = []
+        deadline = time.monotonic() + 60
+        while len(got) < 3000 and time.monotonic() < deadline:
+            got += [r.value or b"" for r in consumer.poll(timeout_ms=500)]
+        assert got == [str(i).encode() for i in range(3000)]
+
+
+def test_grants_wait_for_a_quarter_of_the_credit() -> None:
+    fetcher = _fetcher.Fetcher("127.0.0.1:1", _fetcher.ChunkBuffer(), credit_bytes=400,
+                               auto_offset_reset="earliest")
+    tp = TopicPartition("t", 0)
+    stream = fetcher._streams[tp] = _fetcher._Stream(tp, 1, 0)
+    stream.unconsumed = 400  # four pushes of 100 bytes delivered
+    grants = []
+    for _ in range(4):
+        fetcher.consumed(tp, 1, 60)
+        while not stream.credits.empty():
+            grants.append(stream.credits.get_nowait())
+    assert [g.credit_bytes for g in grants] == [120, 120]  # 60 alone is under 100
+    assert (stream.unconsumed, stream.returned) == (160, 0)
+    fetcher.consumed(tp, 1, 60)
+    fetcher.consumed(tp, 2, 60)  # a stale generation: ignored
+    assert stream.returned == 60

@@ -169,7 +169,7 @@ class GroupReader:
             task = stream.task
             parts.append(
                 f"fetch {tp}: generation {stream.generation} offset {stream.offset} "
-                f"unconsumed {stream.unconsumed} task "
+                f"unconsumed {stream.unconsumed} returned {stream.returned} task "
                 f"{'done' if task is not None and task.done() else 'running'}")
         parts.append("last client logs:\n" + "\n".join(self._logs.lines))
         return "\n  ".join(parts)

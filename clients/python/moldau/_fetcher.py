@@ -120,6 +120,7 @@ class _Stream:
         self.generation = generation
         self.offset = offset  # where the next push starts (after the last chunk received)
         self.unconsumed = 0  # bytes delivered but not yet granted back
+        self.returned = 0  # of those, bytes the application is done with (granted in bulk)
         self.credits: asyncio.Queue[fetch_pb2.SubscribeRequest | None] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
 
@@ -139,6 +140,7 @@ class Fetcher:
         self.server = server
         self.buffer = buffer
         self.credit_bytes = credit_bytes
+        self._grant_bytes = credit_bytes // 4
         self.auto_offset_reset = auto_offset_reset
         self._retry_backoff_s = retry_backoff_s
         self._streams: dict[TopicPartition, _Stream] = {}
@@ -166,11 +168,16 @@ class Fetcher:
                 await stream.task
 
     def consumed(self, tp: TopicPartition, generation: int, size: int) -> None:
-        """Grant ``size`` bytes of credit back (loop thread only)."""
+        """Give ``size`` bytes of credit back (loop thread only), in grants of at least a
+        quarter of ``credit_bytes``: a grant per push was one more message each way for the
+        broker, and the broker still has three quarters of the credit left meanwhile."""
         stream = self._streams.get(tp)
         if stream is not None and stream.generation == generation:
-            stream.unconsumed -= size
-            stream.credits.put_nowait(fetch_pb2.SubscribeRequest(credit_bytes=size))
+            stream.returned += size
+            if stream.returned >= self._grant_bytes:
+                grant, stream.returned = stream.returned, 0
+                stream.unconsumed -= grant
+                stream.credits.put_nowait(fetch_pb2.SubscribeRequest(credit_bytes=grant))
 
     async def close(self) -> None:
         for tp in list(self._streams):
@@ -228,6 +235,8 @@ class Fetcher:
 
     def _subscribe(self, stream: _Stream, spec: common_pb2.OffsetSpec | None) -> Any:
         assert self._stub is not None
+        stream.unconsumed -= stream.returned  # consumed already: granted with the start
+        stream.returned = 0
         credit = max(0, self.credit_bytes - stream.unconsumed)
         start = fetch_pb2.SubscribeStart(
             topic=stream.tp.topic, partition=stream.tp.partition, credit_bytes=credit
