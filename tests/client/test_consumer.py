@@ -13,8 +13,7 @@ import pytest
 
 import moldau
 from engine.records import encode_values
-from moldau import Consumer, Producer, TopicPartition
-from moldau import _fetcher
+from moldau import Consumer, Producer, TopicPartition, _fetcher
 from moldau._fetcher import Chunk
 
 
