@@ -18,6 +18,7 @@ setup(
             ("engine.views.routing._creframe", "engine/views/routing/_creframe.c"),
             ("engine.views.eventstore._cevents", "engine/views/eventstore/_cevents.c"),
             ("grpc_api._cappend", "grpc_api/_cappend.c"),
+            ("moldau._cappend", "clients/python/moldau/_cappend.c"),
             ("moldau._creplay", "clients/python/moldau/_creplay.c"),
         )
     ]

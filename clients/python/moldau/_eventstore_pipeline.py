@@ -1,12 +1,13 @@
 """Pipelined appends: many appends in flight on one bidirectional ``AppendStream`` call.
 
 Each append gets a correlation id and a future. Appends queued in the same turn of the event
-loop are written straight into one ``AppendStreamRequest`` (up to
-``_MAX_APPENDS_PER_MESSAGE``), so gRPC's per-message cost is paid once per burst, not once
-per event; the server answers with ``AppendOutcome`` messages (also grouped) that settle the
-futures by id. The server runs the
-appends of one partition in the order sent, so a caller may queue ``expected_version`` n, n+1,
-n+2 ... for one stream without waiting.
+loop go out as one ``AppendStreamRequest`` (up to ``_MAX_APPENDS_PER_MESSAGE``), so gRPC's
+per-message cost is paid once per burst, not once per event. Each append is encoded to its
+wire bytes once, when it is queued (``encode_append``, in C when built), and a message is the
+concatenation of its appends' bytes: the call is opened without a protobuf serializer. The
+server answers with ``AppendOutcome`` messages (also grouped) that settle the futures by id.
+It runs the appends of one partition in the order sent, so a caller may queue
+``expected_version`` n, n+1, n+2 ... for one stream without waiting.
 
 At most ``max_in_flight`` appends are sent and unanswered; more wait in the outbox, which is
 bounded only by the caller (await the futures to apply back-pressure).
@@ -30,7 +31,7 @@ from typing import Any
 import grpc
 
 from moldau._eventstore_types import AppendResult, EventData
-from moldau._eventstore_wire import append_result, fill_append
+from moldau._eventstore_wire import append_result, encode_append
 from moldau.errors import (
     ClientClosedError,
     MoldauError,
@@ -41,10 +42,20 @@ from moldau.errors import (
 )
 from moldau.v1 import eventstore_pb2
 
-__all__ = ["AppendPipeline"]
+__all__ = ["APPEND_STREAM_METHOD", "AppendPipeline"]
 
-_pb = eventstore_pb2
 _MAX_APPENDS_PER_MESSAGE = 2048
+APPEND_STREAM_METHOD = "/moldau.v1.EventStoreService/AppendStream"
+
+
+class _Message:
+    """An outgoing AppendStreamRequest: its appends' wire bytes, in order."""
+
+    __slots__ = ("count", "parts")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.count = 0
 
 
 def outcome_error(error: eventstore_pb2.AppendError) -> MoldauError:
@@ -67,8 +78,8 @@ class AppendPipeline:
         self._pending: dict[int, asyncio.Future[AppendResult]] = {}
         #: Messages not yet written; appends are added to ``_open`` (the last one) until it
         #: holds ``_message_limit``, so the window (``max_in_flight``) is never overrun.
-        self._outbox: deque[eventstore_pb2.AppendStreamRequest] = deque()
-        self._open: eventstore_pb2.AppendStreamRequest | None = None
+        self._outbox: deque[_Message] = deque()
+        self._open: _Message | None = None
         self._message_limit = min(_MAX_APPENDS_PER_MESSAGE, max_in_flight)
         self._in_flight = 0
         self._wake = asyncio.Event()
@@ -95,18 +106,19 @@ class AppendPipeline:
         futures: list[asyncio.Future[AppendResult]] = []
         pending = self._pending
         message = self._open
-        kept = (message, len(message.appends)) if message is not None else None
+        kept = (message, len(message.parts)) if message is not None else None
         outbox_length = len(self._outbox)
         ids: list[int] = []
         try:
             for stream, expected_version, events in appends:
-                if message is None or len(message.appends) >= self._message_limit:
-                    message = self._open = _pb.AppendStreamRequest()
+                if message is None or message.count >= self._message_limit:
+                    message = self._open = _Message()
                     self._outbox.append(message)
                 correlation_id = next(self._ids)
-                item = message.appends.add(correlation_id=correlation_id)
                 ids.append(correlation_id)
-                fill_append(item.append, topic, stream, expected_version, events)
+                message.parts.append(
+                    encode_append(correlation_id, topic, stream, expected_version, events))
+                message.count += 1
                 future: asyncio.Future[AppendResult] = loop.create_future()
                 pending[correlation_id] = future
                 futures.append(future)
@@ -115,7 +127,8 @@ class AppendPipeline:
                 self._outbox.pop()
             self._open = None
             if kept is not None:
-                del kept[0].appends[kept[1]:]
+                del kept[0].parts[kept[1]:]
+                kept[0].count = kept[1]
                 self._open = kept[0]
             for correlation_id in ids:
                 pending.pop(correlation_id, None)
@@ -132,7 +145,7 @@ class AppendPipeline:
                 self._wake.clear()
                 while self._outbox:
                     message = self._outbox[0]  # never empty: submit_many takes back failures
-                    size = len(message.appends)
+                    size = message.count
                     if self._in_flight + size > self._max_in_flight:
                         self._room.clear()
                         await self._room.wait()
@@ -141,7 +154,7 @@ class AppendPipeline:
                     if message is self._open:
                         self._open = None  # later appends start the next message
                     self._in_flight += size
-                    await self._call.write(message)
+                    await self._call.write(b"".join(message.parts))
         except asyncio.CancelledError:
             raise
         except grpc.RpcError as exc:  # the reader sees the same failure and settles futures

@@ -20,9 +20,18 @@ from moldau._eventstore_types import (
 )
 from moldau.v1 import eventstore_pb2
 
+try:
+    from moldau import _cappend
+
+    NATIVE = True
+except ImportError:  # not built (no compiler at install): protobuf writes every append
+    NATIVE = False
+
 __all__ = [
+    "NATIVE",
     "append_request",
     "append_result",
+    "encode_append",
     "fill_append",
     "position_message",
     "recorded_events",
@@ -73,6 +82,43 @@ def fill_append(request: eventstore_pb2.AppendToStreamRequest, topic: str, strea
     for e in events:
         add(type=e.type, data=e.data, metadata=e.metadata, type_version=e.type_version,
             event_id=str(e.event_id))
+
+
+def encode_append(correlation_id: int, topic: str, stream: str, expected_version: int,
+                  events: Iterable[EventData]) -> bytes:
+    """One pipelined append as the wire bytes of an ``AppendStreamRequest`` holding just it;
+    a message of several is their concatenation.
+
+    ``_cappend`` writes them in C (0.12 instead of 1 µs per event: five protobuf fields and
+    ``str(uuid)`` each); anything it does not take, protobuf writes, raising what
+    :func:`fill_append` raises.
+
+    Raises:
+        ValueError: a bad expected version.
+        TypeError: an event field of the wrong type.
+    """
+    if NATIVE:
+        events = events if isinstance(events, list | tuple) else list(events)
+        field, value = _expected_field(expected_version)
+        encoded = _cappend.encode(correlation_id, topic, stream, field, value, events)
+        if encoded is not None:
+            return encoded
+    message = _pb.AppendStreamRequest()
+    item = message.appends.add(correlation_id=correlation_id)
+    fill_append(item.append, topic, stream, expected_version, events)
+    return message.SerializeToString()
+
+
+def _expected_field(expected_version: int) -> tuple[int, int]:
+    """``(3, exact)`` or ``(4, special)``: the oneof member and value set_expected writes."""
+    if isinstance(expected_version, int) and not isinstance(expected_version, bool):
+        if 0 <= expected_version < 1 << 63:
+            return 3, int(expected_version)
+        special = _SPECIAL.get(expected_version)
+        if special is not None:
+            return 4, int(special)
+    set_expected(_pb.AppendToStreamRequest(), expected_version)  # raises what it refuses
+    raise AssertionError(f"set_expected took {expected_version!r}")  # pragma: no cover
 
 
 def append_request(topic: str, stream: str, expected_version: int,

@@ -35,7 +35,7 @@ from typing import Any
 
 import grpc
 
-from moldau._eventstore_pipeline import AppendPipeline
+from moldau._eventstore_pipeline import APPEND_STREAM_METHOD, AppendPipeline
 from moldau._eventstore_subscription import AsyncSubscription, Subscription, SubscriptionSource
 from moldau._eventstore_types import (
     ANY,
@@ -246,8 +246,12 @@ class AsyncEventStore(AsyncClosing):
 
     def _pipeline_for(self) -> AppendPipeline:
         if self._pipeline is None or self._pipeline.broken:
-            stub = self._store()
-            self._pipeline = AppendPipeline(stub.AppendStream, self._max_in_flight, self.server)
+            self._store()
+            assert self._channel is not None
+            method = self._channel.stream_stream(  # requests go as the bytes the pipeline wrote
+                APPEND_STREAM_METHOD,
+                response_deserializer=eventstore_pb2.AppendStreamResponse.FromString)
+            self._pipeline = AppendPipeline(method, self._max_in_flight, self.server)
         return self._pipeline
 
     async def delete_stream(self, stream: str, expected_version: int = ANY, *,
