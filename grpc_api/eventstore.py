@@ -9,9 +9,10 @@ subscribers would exhaust the pool): each step polls the engine subscription wit
 that the store topic's partition logs set when their high watermark moves, exactly like the
 fetch path's watches.
 
-AppendStream (pipelined appends): every store partition has one :class:`_GroupLane` for the
-whole server, shared by all calls. Appends reach their partition's lane in arrival order; a
-drain job on a worker thread takes every append queued so far and hands the group to
+AppendStream (pipelined appends): its messages arrive as ``append_wire.ParsedAppends``, read
+from their wire bytes (see :func:`add_event_store_service`). Every store partition has one
+:class:`_GroupLane` for the whole server, shared by all calls. Appends reach their partition's
+lane in arrival order; a drain job on a worker thread takes every append queued so far and hands the group to
 ``EventStore.append_group`` (one check per append, one log batch for the accepted ones), then
 waits for one fsync, then answers the group. Appends that arrive meanwhile form the next group,
 so the group grows with the load and a lone append waits for nobody. Order per partition (so
@@ -39,8 +40,6 @@ from engine.log.partition_log import PartitionLog
 from engine.partitioner import partition_for_key
 from engine.views.eventstore import (
     ANY,
-    NO_STREAM,
-    STREAM_EXISTS,
     AllPosition,
     Direction,
     EventData,
@@ -70,11 +69,6 @@ from moldau.v1 import eventstore_pb2, eventstore_pb2_grpc
 __all__ = ["EventStoreServicer", "add_event_store_service"]
 
 _pb = eventstore_pb2
-_SPECIAL = {
-    _pb.EXPECTED_VERSION_ANY: ANY,
-    _pb.EXPECTED_VERSION_NO_STREAM: NO_STREAM,
-    _pb.EXPECTED_VERSION_STREAM_EXISTS: STREAM_EXISTS,
-}
 MAX_READ_COUNT = 4096
 DEFAULT_SUBSCRIBE_BATCH = 1000
 MAX_LIST_COUNT = 1000
@@ -270,6 +264,8 @@ def add_event_store_service(servicer: EventStoreServicer, server: Any) -> None:
     collected = _Handlers()
     eventstore_pb2_grpc.add_EventStoreServiceServicer_to_server(servicer, collected)
     handlers = collected.handlers
+    if "AppendStream" not in handlers:  # generated code that registers some other way
+        raise RuntimeError("eventstore_pb2_grpc did not register AppendStream; regenerate it")
     handlers["AppendStream"] = grpc.stream_stream_rpc_method_handler(
         servicer.AppendStream, request_deserializer=decode_appends,
         response_serializer=_pb.AppendStreamResponse.SerializeToString)
