@@ -169,8 +169,8 @@ class Fetcher:
 
     def consumed(self, tp: TopicPartition, generation: int, size: int) -> None:
         """Give ``size`` bytes of credit back (loop thread only), in grants of at least a
-        quarter of ``credit_bytes``: a grant per push was one more message each way for the
-        broker, and the broker still has three quarters of the credit left meanwhile."""
+        quarter of ``credit_bytes``: a grant per push was one more message for the broker
+        to read per push, and the broker still has three quarters of the credit meanwhile."""
         stream = self._streams.get(tp)
         if stream is not None and stream.generation == generation:
             stream.returned += size
