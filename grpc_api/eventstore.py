@@ -12,12 +12,13 @@ fetch path's watches.
 AppendStream (pipelined appends): its messages arrive as ``append_wire.ParsedAppends``, read
 from their wire bytes (see :func:`add_event_store_service`). Every store partition has one
 :class:`_GroupLane` for the whole server, shared by all calls. Appends reach their partition's
-lane in arrival order; a drain job on a worker thread takes every append queued so far and hands the group to
-``EventStore.append_group`` (one check per append, one log batch for the accepted ones), then
-waits for one fsync, then answers the group. Appends that arrive meanwhile form the next group,
-so the group grows with the load and a lone append waits for nobody. Order per partition (so
-per stream) is arrival order; each call has at most ``APPEND_STREAM_WINDOW`` appends
-unanswered, past that the server stops reading it and gRPC flow control holds the client.
+lane in arrival order; a drain job on a worker thread takes every append queued so far and
+hands the group to ``EventStore.append_group`` (one check per append, one log batch for the
+accepted ones), then waits for one fsync, then answers the group. Appends that arrive
+meanwhile form the next group, so the group grows with the load and a lone append waits for
+nobody. Order per partition (so per stream) is arrival order; each call has at most
+``APPEND_STREAM_WINDOW`` appends unanswered, past that the server stops reading it and gRPC
+flow control holds the client.
 
 A wrong expected version carries the stream's version machine-readably: as the
 ``moldau-current-version`` trailing metadata of AppendToStream/DeleteStream, and as
