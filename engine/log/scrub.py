@@ -56,9 +56,9 @@ _NO_LIMIT = 2**31 + LOG_OVERHEAD  # a header read only for its offsets
 class DamagedRange:
     """Bytes of one segment that do not hold valid batches.
 
-    ``last_valid_offset`` is the last offset of the valid batch before the range (-1 when
-    none); ``next_valid_offset`` the base offset of the valid batch after it in the same
-    segment (-1 when the damage runs to the segment's end).
+    ``last_valid_offset`` is the last offset of the valid batch before the range, in this
+    segment or an earlier one (-1 when none); ``next_valid_offset`` the base offset of the
+    valid batch after it in the same segment (-1 when the damage runs to the segment's end).
     """
 
     segment_base_offset: int
