@@ -2,7 +2,7 @@
  * AppendStream's requests read straight from their protobuf wire bytes (see
  * grpc_api.append_wire, which holds the Python reference this mirrors).
  *
- * ``parse(raw, packed_type, any, no_stream, stream_exists, max_events)`` returns, for an
+ * ``parse(raw, packed_type, any, no_stream, stream_exists)`` returns, for an
  * ``AppendStreamRequest`` in ``raw``, a list with one tuple per pipelined append:
  * ``(correlation_id, topic, stream, expected_version, packed_type(raw, spans, ids, size))``,
  * the special expected versions given as the engine's values.  It returns None for anything
@@ -12,17 +12,15 @@
  * invalid UTF-8 in a string field, an append without its expected version or with a negative
  * or unknown one, an event type that is empty, over 256 bytes or starts with '$', a type
  * version over 2**31 - 1, an event id that is not canonical lower-case UUID text (empty is
- * fine: a random one is chosen, as uuid.uuid4 would), an id repeated within an append, or an
- * append of more than ``max_events`` events.
+ * fine: a random one is chosen, as uuid.uuid4 would) or an id repeated within an append.
+ * How many events an append may carry is the engine's to check.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
+#include "_native.h"
 #include <string.h>
 #include <sys/random.h>
 
 #define MAX_TYPE_BYTES 256
-#define UUID_TEXT 36
+#define UUID_TEXT MOLDAU_UUID_TEXT
 
 typedef struct {
     int64_t type_at, type_len, data_at, data_len, meta_at, meta_len, type_version;
@@ -181,16 +179,8 @@ random_uuid(void)
     }
     bytes[6] = (unsigned char)((bytes[6] & 0x0F) | 0x40);
     bytes[8] = (unsigned char)((bytes[8] & 0x3F) | 0x80);
-    static const char digits[] = "0123456789abcdef";
     char out[UUID_TEXT];
-    int at = 0;
-    for (int i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10) {
-            out[at++] = '-';
-        }
-        out[at++] = digits[bytes[i] >> 4];
-        out[at++] = digits[bytes[i] & 0x0F];
-    }
+    moldau_uuid_text(bytes, out);
     return PyBytes_FromStringAndSize(out, UUID_TEXT);
 }
 
@@ -268,7 +258,6 @@ event(Cursor *c, Span *span, PyObject *ids)
 typedef struct {
     PyObject *packed_type;
     PyObject *special[4]; /* index: the ExpectedVersion enum value; [0] unused */
-    Py_ssize_t max_events;
     const unsigned char *topic_bytes; /* the previous append's topic, to share its str */
     Py_ssize_t topic_len;
     PyObject *topic;
@@ -358,9 +347,6 @@ append(Parser *p, PyObject *raw, Cursor *c, PyObject **topic, PyObject **stream,
             *stream = value;
         }
         else {
-            if (count >= p->max_events) {
-                goto done;
-            }
             if (count == p->span_room) {
                 Py_ssize_t room = p->span_room ? 2 * p->span_room : 64;
                 Span *grown = PyMem_Realloc(p->spans, (size_t)room * sizeof(Span));
@@ -484,7 +470,7 @@ done:
 }
 
 PyDoc_STRVAR(parse_doc,
-"parse(raw, packed_type, any, no_stream, stream_exists, max_events) -> list | None\n\n"
+"parse(raw, packed_type, any, no_stream, stream_exists) -> list | None\n\n"
 "The pipelined appends of an AppendStreamRequest, or None (see the module comment).");
 
 static PyObject *
@@ -492,8 +478,8 @@ parse(PyObject *module, PyObject *args)
 {
     PyObject *raw;
     Parser p = {0};
-    if (!PyArg_ParseTuple(args, "O!OOOOn", &PyBytes_Type, &raw, &p.packed_type,
-                          &p.special[1], &p.special[2], &p.special[3], &p.max_events)) {
+    if (!PyArg_ParseTuple(args, "O!OOOO", &PyBytes_Type, &raw, &p.packed_type,
+                          &p.special[1], &p.special[2], &p.special[3])) {
         return NULL;
     }
     Cursor c = {(const unsigned char *)PyBytes_AS_STRING(raw), 0, PyBytes_GET_SIZE(raw)};

@@ -44,9 +44,6 @@ _SPECIAL = {
     _pb.EXPECTED_VERSION_STREAM_EXISTS: STREAM_EXISTS,
 }
 
-_C_MAX_EVENTS = 1 << 20
-"""Longer appends go the Python way; the engine's own limit (10,000 by default) applies to all."""
-
 Append = tuple[int, str, str, int, Sequence[EventData] | InvalidRequestError]
 """``(correlation_id, topic, stream, expected_version, events)``; ``events`` is the error
 when the append cannot be converted (it is answered with that error; the call goes on)."""
@@ -170,8 +167,7 @@ def decode_appends_python(raw: bytes) -> ParsedAppends:
 def decode_appends(raw: bytes) -> ParsedAppends:
     """AppendStream's request deserializer (see the module docstring)."""
     if NATIVE:
-        appends = _cappend.parse(raw, PackedEvents, ANY, NO_STREAM, STREAM_EXISTS,
-                                 _C_MAX_EVENTS)
+        appends = _cappend.parse(raw, PackedEvents, ANY, NO_STREAM, STREAM_EXISTS)
         if appends is not None:
             return ParsedAppends(appends, len(raw))
     return decode_appends_python(raw)

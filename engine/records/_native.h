@@ -1,7 +1,8 @@
 /*
  * What the C loops share (engine/records/_crecords.c, engine/views/routing/_creframe.c,
- * clients/python/moldau/_creplay.c): Kafka's zig-zag varints read the way
- * engine.records.varint reads them, and exact int addition.
+ * engine/views/eventstore/_cevents.c, grpc_api/_cappend.c, clients/python/moldau/_creplay.c
+ * and _cappend.c): Kafka's zig-zag varints read the way engine.records.varint reads them,
+ * unsigned (protobuf) varints written, UUID text, and exact int addition.
  */
 #ifndef MOLDAU_NATIVE_H
 #define MOLDAU_NATIVE_H
@@ -64,6 +65,48 @@ moldau_exact_sum(long long a, int64_t b)
     Py_XDECREF(left);
     Py_XDECREF(right);
     return result;
+}
+
+/* bytes of the unsigned LEB128 varint of value (protobuf's; Kafka's zig-zag of a
+ * non-negative n is this of n << 1) */
+static inline Py_ssize_t
+moldau_uvarint_size(uint64_t value)
+{
+    Py_ssize_t n = 1;
+    while (value >= 0x80) {
+        value >>= 7;
+        n++;
+    }
+    return n;
+}
+
+/* writes the unsigned LEB128 varint of value at out; returns the byte after it */
+static inline unsigned char *
+moldau_put_uvarint(unsigned char *out, uint64_t value)
+{
+    while (value >= 0x80) {
+        *out++ = (unsigned char)(value | 0x80);
+        value >>= 7;
+    }
+    *out++ = (unsigned char)value;
+    return out;
+}
+
+#define MOLDAU_UUID_TEXT 36
+
+/* the canonical lower-case text of a UUID's 16 bytes (big-endian), as str(uuid.UUID) */
+static inline void
+moldau_uuid_text(const unsigned char bytes[16], char out[MOLDAU_UUID_TEXT])
+{
+    static const char digits[] = "0123456789abcdef";
+    int at = 0;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10) {
+            out[at++] = '-';
+        }
+        out[at++] = digits[bytes[i] >> 4];
+        out[at++] = digits[bytes[i] & 0x0F];
+    }
 }
 
 #endif

@@ -73,7 +73,7 @@ def _message(plain: bool) -> st.SearchStrategy[bytes]:
 
 
 def _c(raw: bytes) -> list[Any] | None:
-    return _cappend.parse(raw, PackedEvents, ANY, NO_STREAM, STREAM_EXISTS, 10_000)
+    return _cappend.parse(raw, PackedEvents, ANY, NO_STREAM, STREAM_EXISTS)
 
 
 def _same(raw: bytes, native: list[Any]) -> None:

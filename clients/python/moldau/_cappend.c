@@ -14,12 +14,10 @@
  * ``type`` (str), ``data`` and ``metadata`` (bytes), ``type_version`` (int in int32 range) and
  * ``event_id`` (a uuid.UUID, whose ``int`` is read), or a str that is not valid UTF-8.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
+#include "_native.h"
 #include <string.h>
 
-#define UUID_TEXT 36
+#define UUID_TEXT MOLDAU_UUID_TEXT
 
 static PyObject *s_type, *s_data, *s_metadata, *s_type_version, *s_event_id, *s_int, *s_64;
 static PyObject *uuid_type;
@@ -32,33 +30,17 @@ typedef struct {
     Py_ssize_t size; /* of the EventToAppend body */
 } Event;
 
-static inline Py_ssize_t
-varint_size(uint64_t value)
-{
-    Py_ssize_t n = 1;
-    while (value >= 0x80) {
-        value >>= 7;
-        n++;
-    }
-    return n;
-}
-
 static inline char *
 put_varint(char *out, uint64_t value)
 {
-    while (value >= 0x80) {
-        *out++ = (char)(value | 0x80);
-        value >>= 7;
-    }
-    *out++ = (char)value;
-    return out;
+    return (char *)moldau_put_uvarint((unsigned char *)out, value);
 }
 
 /* a length-delimited field of one-byte tag, left out when empty (a proto3 default) */
 static inline Py_ssize_t
 bytes_field_size(Py_ssize_t length)
 {
-    return length ? 1 + varint_size((uint64_t)length) + length : 0;
+    return length ? 1 + moldau_uvarint_size((uint64_t)length) + length : 0;
 }
 
 static inline char *
@@ -123,15 +105,7 @@ uuid_text(PyObject *event_id, char *out)
         bytes[i] = (unsigned char)(high >> (56 - 8 * i));
         bytes[8 + i] = (unsigned char)(low >> (56 - 8 * i));
     }
-    static const char digits[] = "0123456789abcdef";
-    int at = 0;
-    for (int i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10) {
-            out[at++] = '-';
-        }
-        out[at++] = digits[bytes[i] >> 4];
-        out[at++] = digits[bytes[i] & 0x0F];
-    }
+    moldau_uuid_text(bytes, out);
     return PLAIN;
 }
 
@@ -177,7 +151,7 @@ read_event(PyObject *object, Event *event, PyObject *held)
     uint64_t wire_version = (uint64_t)(int64_t)type_version;
     event->size = bytes_field_size(event->type_len) + bytes_field_size(event->data_len)
                   + bytes_field_size(event->metadata_len)
-                  + (type_version ? 1 + varint_size(wire_version) : 0)
+                  + (type_version ? 1 + moldau_uvarint_size(wire_version) : 0)
                   + bytes_field_size(UUID_TEXT);
 done:
     for (int i = 0; i < got; i++) {
@@ -225,7 +199,7 @@ encode(PyObject *module, PyObject *args)
         goto done;
     }
     Py_ssize_t request_size = bytes_field_size(topic_len) + bytes_field_size(stream_len)
-                              + 1 + varint_size((uint64_t)expected_value);
+                              + 1 + moldau_uvarint_size((uint64_t)expected_value);
     for (Py_ssize_t n = 0; n < count; n++) {
         int got = read_event(PySequence_Fast_GET_ITEM(sequence, n), &parsed[n], held);
         if (got == FAILED) {
@@ -235,11 +209,11 @@ encode(PyObject *module, PyObject *args)
             result = Py_NewRef(Py_None);
             goto done;
         }
-        request_size += 1 + varint_size((uint64_t)parsed[n].size) + parsed[n].size;
+        request_size += 1 + moldau_uvarint_size((uint64_t)parsed[n].size) + parsed[n].size;
     }
-    Py_ssize_t item_size = (correlation_id ? 1 + varint_size(correlation_id) : 0)
-                           + 1 + varint_size((uint64_t)request_size) + request_size;
-    Py_ssize_t total = 1 + varint_size((uint64_t)item_size) + item_size;
+    Py_ssize_t item_size = (correlation_id ? 1 + moldau_uvarint_size(correlation_id) : 0)
+                           + 1 + moldau_uvarint_size((uint64_t)request_size) + request_size;
+    Py_ssize_t total = 1 + moldau_uvarint_size((uint64_t)item_size) + item_size;
     result = PyBytes_FromStringAndSize(NULL, total);
     if (result == NULL) {
         goto done;

@@ -8,9 +8,7 @@
  * counting from ``delta``, versions from ``first_version``.  The Python loop stays the
  * reference (a property test compares them).
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
+#include "_native.h"
 #include <string.h>
 
 #define SPAN_FIELDS 7
@@ -21,29 +19,17 @@ static const char H_TYPE[] = "es.type";
 static const char H_TYPE_VERSION[] = "es.type_version";
 static const char H_METADATA[] = "es.metadata";
 
-/* bytes of the zig-zag varint of a non-negative value */
+/* Kafka's zig-zag varint of a non-negative value: the unsigned varint of value << 1 */
 static inline Py_ssize_t
 varint_size(uint64_t value)
 {
-    uint64_t z = value << 1;
-    Py_ssize_t n = 1;
-    while (z >= 0x80) {
-        z >>= 7;
-        n++;
-    }
-    return n;
+    return moldau_uvarint_size(value << 1);
 }
 
 static inline unsigned char *
 put_varint(unsigned char *out, uint64_t value)
 {
-    uint64_t z = value << 1;
-    while (z >= 0x80) {
-        *out++ = (unsigned char)(z | 0x80);
-        z >>= 7;
-    }
-    *out++ = (unsigned char)z;
-    return out;
+    return moldau_put_uvarint(out, value << 1);
 }
 
 static inline unsigned char *
