@@ -30,6 +30,7 @@ import hashlib
 import hmac
 import logging
 import os
+import ssl
 import time
 import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -215,6 +216,21 @@ class Security:
         return grpc.ssl_server_credentials(
             [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
         )
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The same TLS setup for the TCP port (None for plaintext)."""
+        config = self.config
+        if not config.tls_enabled:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+            if config.tls_client_ca_file:
+                context.load_verify_locations(config.tls_client_ca_file)
+                context.verify_mode = ssl.CERT_REQUIRED
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load the TLS files: {exc}") from exc
+        return context
 
     # ------------------------------------------------------------------ decisions
 

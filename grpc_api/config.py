@@ -69,6 +69,9 @@ class ServerConfig:
         max_topics: Topics the broker holds (internal topics not counted).
         max_partitions_per_topic: Partitions one topic may have.
         max_partitions: Partitions over all topics.
+        tcp_listen: ``HOST:PORT`` of the TCP port (the same RPCs over plain frames, for
+            latency; docs/tcp-port.md); empty (the default) opens none. Port 0 picks a free
+            port, printed in the "serving on" line.
         metrics_listen: ``HOST:PORT`` of the Prometheus ``/metrics`` endpoint; empty (the
             default) serves none.
         disk_free_alert_bytes: Free space on the data directory's file system below which
@@ -111,6 +114,7 @@ class ServerConfig:
     max_topics: int = 10_000
     max_partitions_per_topic: int = 10_000
     max_partitions: int = 100_000
+    tcp_listen: str = ""
     metrics_listen: str = ""
     disk_free_alert_bytes: int = 1 * _GIB
     disk_free_alert_percent: float = 5.0
@@ -127,11 +131,12 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         parse_listen(self.listen)
-        if self.metrics_listen:
-            try:
-                parse_listen(self.metrics_listen)
-            except ConfigError as exc:
-                raise ConfigError(f"metrics_listen: {exc}") from None
+        for name in ("tcp_listen", "metrics_listen"):
+            if getattr(self, name):
+                try:
+                    parse_listen(getattr(self, name))
+                except ConfigError as exc:
+                    raise ConfigError(f"{name}: {exc}") from None
         if not self.data_dir:
             raise ConfigError("data_dir must not be empty")
         for name in ("max_request_bytes", "max_batch_bytes", "max_fetch_bytes",
@@ -214,7 +219,9 @@ class ServerConfig:
 
     @property
     def listens_on_loopback(self) -> bool:
-        return is_loopback(self.host)
+        """Whether every port serving calls (gRPC, and the TCP port when on) is loopback."""
+        tcp_loopback = not self.tcp_listen or is_loopback(parse_listen(self.tcp_listen)[0])
+        return is_loopback(self.host) and tcp_loopback
 
     @property
     def anonymous_allowed(self) -> bool:
@@ -236,11 +243,19 @@ class ServerConfig:
         if self.auth_enabled or self.listens_on_loopback or self.allow_anonymous == "true":
             return None
         return (
-            f"refusing to listen on {self.listen} with authentication off: anyone who can reach "
-            "it could read, write and delete everything. Set auth_tokens_file (bearer tokens) "
-            "or tls_client_ca_file (mTLS) to turn authentication on, or set allow_anonymous = "
-            '"true" (MOLDAU_ALLOW_ANONYMOUS=true) to accept that, or listen on 127.0.0.1'
+            f"refusing to listen on {self.exposed_listen} with authentication off: anyone who "
+            "can reach it could read, write and delete everything. Set auth_tokens_file (bearer "
+            "tokens) or tls_client_ca_file (mTLS) to turn authentication on, or set "
+            'allow_anonymous = "true" (MOLDAU_ALLOW_ANONYMOUS=true) to accept that, or listen on '
+            "127.0.0.1"
         )
+
+    @property
+    def exposed_listen(self) -> str:
+        """The listen address reachable from other hosts (gRPC first)."""
+        if not is_loopback(self.host) or not self.tcp_listen:
+            return self.listen
+        return self.tcp_listen
 
     @property
     def host(self) -> str:

@@ -7,7 +7,8 @@ Lifecycle:
    it: group coordinator, event store, queue manager, exchange registry and router;
 3. start the background work: the router's thread, group maintenance (session timeouts) and
    queue maintenance (lease expiry, due retries, start offsets; every 100 ms);
-4. health SERVING, print ``moldau serving on HOST:PORT (data: DIR)`` to stdout;
+4. health SERVING, print ``moldau serving on HOST:PORT (data: DIR)`` to stdout (with
+   ``; tcp: HOST:PORT`` inside the parentheses when the TCP port is on);
 5. on SIGTERM/SIGINT: health NOT_SERVING, wake waiting readers so they end, stop the
    maintenance tasks, stop accepting calls and give in-flight ones ``shutdown_grace_ms`` to
    finish, then stop the router (after its current step), close the queues and the event
@@ -42,7 +43,7 @@ from grpc_api.acls import AclServicer
 from grpc_api.admin import AdminServicer
 from grpc_api.auth import Security
 from grpc_api.callctx import CallContextInterceptor
-from grpc_api.config import ConfigError, ServerConfig, load_config
+from grpc_api.config import ConfigError, ServerConfig, load_config, parse_listen
 from grpc_api.disk_space import DiskSpaceMonitor
 from grpc_api.eventstore import EventStoreServicer, add_event_store_service
 from grpc_api.exchanges import ExchangeServicer
@@ -53,6 +54,7 @@ from grpc_api.metrics import start_metrics
 from grpc_api.produce import ProduceServicer
 from grpc_api.queues import QueueServicer, run_queue_maintenance
 from grpc_api.runtime import Runtime
+from grpc_api.tcp_port import HandlerRegistry, TcpPort
 from moldau.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -101,7 +103,18 @@ class _Health:
             await self.servicer.set(name, status)
 
 
-def build_server(runtime: Runtime, health_servicer: Any, security: Security | None = None) -> Any:
+@dataclass(frozen=True, slots=True)
+class _Servers:
+    """The gRPC server, and the handlers and interceptors the TCP port runs too."""
+
+    grpc: Any
+    handlers: HandlerRegistry
+    interceptors: list[Any]
+
+
+def build_server(
+    runtime: Runtime, health_servicer: Any, security: Security | None = None
+) -> _Servers:
     """A grpc.aio server with the Moldau services, health and reflection registered.
 
     ``security`` (credentials, ACLs, quotas) adds its interceptor only when auth or a quota is
@@ -110,8 +123,9 @@ def build_server(runtime: Runtime, health_servicer: Any, security: Security | No
     config = runtime.config
     security = security or Security(config)
     calls = CallContextInterceptor(config.max_connections)
-    server = grpc.aio.server(
-        interceptors=[calls, *security.interceptors()],  # request ids first, then auth
+    interceptors = [calls, *security.interceptors()]  # request ids first, then auth
+    grpc_server = grpc.aio.server(
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", config.max_request_bytes),
             ("grpc.max_concurrent_streams", config.max_in_flight_per_connection),
@@ -120,6 +134,7 @@ def build_server(runtime: Runtime, health_servicer: Any, security: Security | No
             ("grpc.so_reuseport", 0),
         ]
     )
+    server = HandlerRegistry(grpc_server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(runtime), server)
     produce_pb2_grpc.add_ProduceServiceServicer_to_server(ProduceServicer(runtime), server)
     add_fetch_service(FetchServicer(runtime), server)
@@ -129,10 +144,10 @@ def build_server(runtime: Runtime, health_servicer: Any, security: Security | No
     queues_pb2_grpc.add_QueueServiceServicer_to_server(QueueServicer(runtime), server)
     exchanges_pb2_grpc.add_ExchangeServiceServicer_to_server(ExchangeServicer(runtime), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    reflection.enable_server_reflection(  # gRPC only: it picks its servicer by server type
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server
     )
-    return server
+    return _Servers(grpc_server, server, interceptors)
 
 
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
@@ -141,6 +156,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     try:
         security = Security.from_config(config)
         credentials = security.server_credentials()
+        tcp_ssl = security.ssl_context() if config.tcp_listen else None
     except ConfigError as exc:
         print(f"moldau: {exc}", file=sys.stderr, flush=True)
         return 2
@@ -148,7 +164,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     runtime = Runtime(config)
     health_state = _Health()
     await health_state.set_all(_NOT_SERVING)  # before start: the servicer defaults to SERVING
-    server = build_server(runtime, health_state.servicer, security)
+    servers = build_server(runtime, health_state.servicer, security)
+    server = servers.grpc
     try:
         if credentials is None:
             port = server.add_insecure_port(config.listen)
@@ -163,6 +180,19 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
         runtime.executor.shutdown()
         return 1
     await server.start()
+    tcp = TcpPort(servers.handlers, servers.interceptors, config.max_request_bytes,
+                  tcp_ssl)
+    tcp_port = 0
+    if config.tcp_listen:
+        host, wanted = parse_listen(config.tcp_listen)
+        try:
+            tcp_port = await tcp.start(host, wanted)
+        except OSError as exc:
+            print(f"moldau: cannot listen on {config.tcp_listen} (tcp_listen): {exc.strerror}",
+                  file=sys.stderr, flush=True)
+            await server.stop(0)
+            runtime.executor.shutdown()
+            return 1
     try:
         storage = await runtime.run(_open_storage, config)
         broker = storage.broker
@@ -190,14 +220,20 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     if not stop.is_set():  # a SIGTERM during recovery skips straight to shutdown
         await health_state.set_all(_SERVING)
         host = config.host if ":" not in config.host else f"[{config.host}]"
-        print(f"moldau serving on {host}:{port} (data: {config.data_dir})", flush=True)
+        tcp_text = ""
+        if tcp_port:
+            tcp_host = parse_listen(config.tcp_listen)[0]
+            tcp_host = tcp_host if ":" not in tcp_host else f"[{tcp_host}]"
+            tcp_text = f"; tcp: {tcp_host}:{tcp_port}"
+        print(f"moldau serving on {host}:{port} (data: {config.data_dir}{tcp_text})", flush=True)
         await stop.wait()
     log.info("shutting down: finishing in-flight calls (grace %d ms)", config.shutdown_grace_ms)
     await health_state.servicer.enter_graceful_shutdown()
     runtime.begin_shutdown()
     for task in maintenance:
         task.cancel()
-    await server.stop(config.shutdown_grace_ms / 1000.0)
+    grace_s = config.shutdown_grace_ms / 1000.0
+    await asyncio.gather(server.stop(grace_s), tcp.close(grace_s))
     # appends of calls cancelled at the end of the grace period may still be running: let them
     # finish before the partitions are closed, so none fails half-way
     await asyncio.to_thread(runtime.executor.shutdown, True)
@@ -297,6 +333,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="text lines (default) or one JSON object per line")
     parser.add_argument("--metrics-listen", metavar="HOST:PORT",
                         help="serve Prometheus metrics at http://HOST:PORT/metrics (default off)")
+    parser.add_argument("--tcp-listen", metavar="HOST:PORT",
+                        help="also serve the RPCs over plain TCP frames, for latency "
+                             "(docs/tcp-port.md; default off; port 0 picks one)")
     return parser.parse_args(argv)
 
 
@@ -309,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             environ=os.environ,
             overrides={"listen": args.listen, "data_dir": args.data_dir,
                        "log_level": args.log_level, "log_format": args.log_format,
-                       "metrics_listen": args.metrics_listen},
+                       "metrics_listen": args.metrics_listen, "tcp_listen": args.tcp_listen},
         )
     except ConfigError as exc:
         print(f"moldau: {exc}", file=sys.stderr)

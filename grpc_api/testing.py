@@ -9,6 +9,7 @@ health reports SERVING. The server's stderr goes to ``<data_dir>.server.log``, w
 from __future__ import annotations
 
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -65,6 +66,8 @@ class ServerProcess:
         self.env = env or {}
         self.startup_timeout_s = startup_timeout_s
         self.address = ""
+        #: ``HOST:PORT`` of the TCP port when started with ``--tcp-listen`` (else "").
+        self.tcp_address = ""
         self.process: subprocess.Popen[str] | None = None
         self.log_path = self.data_dir.with_name(self.data_dir.name + ".server.log")
         self._log_file: IO[str] | None = None
@@ -86,6 +89,8 @@ class ServerProcess:
         deadline = time.monotonic() + self.startup_timeout_s
         line = self._read_ready_line(deadline)
         self.address = line[len(_READY_PREFIX):].split(" ", 1)[0]
+        tcp = re.search(r"; tcp: (\S+)\)", line)
+        self.tcp_address = tcp.group(1) if tcp else ""
         wait_for_serving(self.address, max(1.0, deadline - time.monotonic()))
         return self.address
 

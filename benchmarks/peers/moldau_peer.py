@@ -1,14 +1,17 @@
 """Moldau through its Python client (``moldau.Producer.send_many``, ``Consumer.poll_batches``).
 
-Started as ``python -m grpc_api --listen 127.0.0.1:0 --data-dir TMP`` (grpc_api.testing's
-ServerProcess). Variants are topic configs on one server: ``durability=fsync`` (the default:
-a batch is acknowledged after its segment is fsynced, by group commit) and
-``durability=async`` (acknowledged after the write to the OS). Partition ``p`` is the topic's
-partition ``p``.
+Started as ``python -m grpc_api --listen 127.0.0.1:0 --tcp-listen 127.0.0.1:0 --data-dir TMP``
+(grpc_api.testing's ServerProcess); the clients produce and subscribe on the TCP port (the
+lower-latency framing, docs/tcp-port.md) and make metadata calls on gRPC.
+``MOLDAU_PEER_TRANSPORT=grpc`` runs everything over gRPC instead. Variants are topic configs on
+one server: ``durability=fsync`` (the default: a batch is acknowledged after its segment is
+fsynced, by group commit) and ``durability=async`` (acknowledged after the write to the OS).
+Partition ``p`` is the topic's partition ``p``.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +38,7 @@ _CHUNK = 10_000  # records per send_many call (send_many cuts them into batch_si
 @dataclass(frozen=True, slots=True)
 class MoldauClient:
     address: str
+    tcp_address: str | None = None  # produce and subscribe go to the TCP port when set
 
     def create_topic(self, topic: str, partitions: int, variant: Variant) -> None:
         from moldau import Admin
@@ -48,7 +52,7 @@ class MoldauClient:
         pool = value_pool(job.record_size)
         counts = dict.fromkeys(job.partitions, 0)
         futures = []
-        with Producer(self.address, linger_ms=5) as producer:
+        with Producer(self.address, linger_ms=5, tcp_address=self.tcp_address) as producer:
             producer.partition_count(job.topic)
             gate()
             started = time.monotonic()
@@ -71,7 +75,8 @@ class MoldauClient:
     def consume(self, job: Job, gate: Gate) -> Part:
         from moldau import Consumer
 
-        with Consumer(self.address, auto_offset_reset="earliest") as consumer:
+        with Consumer(self.address, auto_offset_reset="earliest",
+                      tcp_address=self.tcp_address) as consumer:
             consumer.assign([(job.topic, p) for p in job.partitions])
             consumer.seek_to_beginning()
             gate()
@@ -98,7 +103,7 @@ class MoldauClient:
         # linger 0: a chunk is sent as soon as it is queued (the latency setting). The
         # futures are not kept: a list of one per chunk grows the heap for the whole run,
         # and CPython's full collections over it stall the sender for tens of ms.
-        with Producer(self.address, linger_ms=0) as producer:
+        with Producer(self.address, linger_ms=0, tcp_address=self.tcp_address) as producer:
             producer.partition_count(job.topic)
             gate()
             started = time.monotonic()
@@ -119,7 +124,8 @@ class MoldauClient:
 
         histogram = Histogram()
         received = 0
-        with Consumer(self.address, auto_offset_reset="earliest") as consumer:
+        with Consumer(self.address, auto_offset_reset="earliest",
+                      tcp_address=self.tcp_address) as consumer:
             consumer.assign([(job.topic, 0)])
             consumer.seek_to_beginning()
             gate()
@@ -137,10 +143,17 @@ class MoldauClient:
 
 class MoldauServer:
     system = "moldau"
-    client_library = "moldau (Python, gRPC)"
 
     def __init__(self) -> None:
         self._server: object | None = None
+        self.transport = os.environ.get("MOLDAU_PEER_TRANSPORT", "tcp")
+        if self.transport not in ("tcp", "grpc"):
+            raise PeerUnavailable(f"MOLDAU_PEER_TRANSPORT must be tcp or grpc, "
+                                  f"not {self.transport!r}")
+        self.client_library = (
+            "moldau (Python; produce/subscribe on the TCP port, metadata on gRPC)"
+            if self.transport == "tcp" else "moldau (Python, gRPC)"
+        )
 
     def variants(self) -> list[Variant]:
         return [
@@ -155,13 +168,14 @@ class MoldauServer:
     def start(self, workdir: Path) -> MoldauClient:
         from grpc_api.testing import ServerProcess
 
-        server = ServerProcess(workdir / "moldau-data")
+        extra = ["--tcp-listen", "127.0.0.1:0"] if self.transport == "tcp" else []
+        server = ServerProcess(workdir / "moldau-data", extra_args=extra)
         self._server = server
         try:
             address = server.start()
         except (RuntimeError, TimeoutError) as exc:
             raise PeerUnavailable(f"moldau server did not start: {str(exc)[:300]}") from None
-        return MoldauClient(address)
+        return MoldauClient(address, server.tcp_address or None)
 
     def prepare(self, client: object, variant: Variant) -> None:
         return None

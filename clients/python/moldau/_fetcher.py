@@ -30,6 +30,7 @@ import grpc
 
 from moldau._feed import RequestFeed
 from moldau._runtime import open_channel
+from moldau._tcp import TcpChannel
 from moldau._types import TopicPartition
 from moldau.errors import MoldauError, error_from_rpc
 from moldau.v1 import common_pb2, fetch_pb2, fetch_pb2_grpc
@@ -41,6 +42,7 @@ _RETRIABLE = frozenset(
     {_S.UNAVAILABLE, _S.CANCELLED, _S.INTERNAL, _S.UNKNOWN, _S.DEADLINE_EXCEEDED}
 )
 _MAX_BACKOFF_S = 2.0
+_SUBSCRIBE = "/moldau.v1.FetchService/Subscribe"
 #: The wait before trying a partition again after an error that is not transient by its code.
 _FINAL_ERROR_BACKOFF_S = 5.0
 
@@ -136,8 +138,10 @@ class Fetcher:
         credit_bytes: int,
         auto_offset_reset: str,
         retry_backoff_s: float = 0.1,
+        tcp_address: str | None = None,
     ) -> None:
         self.server = server
+        self.tcp_address = tcp_address
         self.buffer = buffer
         self.credit_bytes = credit_bytes
         self._grant_bytes = credit_bytes // 4
@@ -146,12 +150,15 @@ class Fetcher:
         self._streams: dict[TopicPartition, _Stream] = {}
         self.channel: grpc.aio.Channel | None = None
         self._stub: fetch_pb2_grpc.FetchServiceStub | None = None
+        self._tcp: TcpChannel | None = None
 
     def start(self) -> grpc.aio.Channel:
         """Open the channel on the running loop (idempotent); returns it for admin calls."""
         if self.channel is None:
             self.channel = open_channel(self.server)
             self._stub = fetch_pb2_grpc.FetchServiceStub(self.channel)
+            if self.tcp_address is not None:
+                self._tcp = TcpChannel(self.tcp_address)
         return self.channel
 
     async def subscribe(self, tp: TopicPartition, generation: int, offset: int) -> None:
@@ -182,6 +189,9 @@ class Fetcher:
     async def close(self) -> None:
         for tp in list(self._streams):
             await self.unsubscribe(tp)
+        if self._tcp is not None:
+            await self._tcp.close()
+            self._tcp = None
         if self.channel is not None:
             await self.channel.close()
             self.channel = None
@@ -246,6 +256,10 @@ class Fetcher:
         else:
             start.offset = stream.offset
         stream.credits = asyncio.Queue()  # credit granted to a dead stream is in `credit` now
-        return self._stub.Subscribe(
-            RequestFeed(stream.credits, fetch_pb2.SubscribeRequest(start=start))
-        )
+        requests = RequestFeed(stream.credits, fetch_pb2.SubscribeRequest(start=start))
+        if self._tcp is not None:
+            return self._tcp.stream_stream(
+                _SUBSCRIBE, fetch_pb2.SubscribeRequest.SerializeToString,
+                fetch_pb2.SubscribeResponse.FromString,
+            )(requests)
+        return self._stub.Subscribe(requests)

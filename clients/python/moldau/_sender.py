@@ -10,6 +10,9 @@ byte, on a new stream after a backoff; the broker recognises the ones it already
 producer id and sequence. Only errors the broker *answered* with are final for a batch, except
 UNAVAILABLE (retried) and out-of-order sequences (see :mod:`moldau._accumulator`).
 
+With ``tcp_address`` the ProduceStream goes to the broker's TCP port (fewer thread hand-offs
+per batch, see :mod:`moldau._tcp`); metadata calls stay on gRPC.
+
 Runs on one event loop: the caller's for :class:`~moldau.AsyncProducer`, a private loop thread
 for :class:`~moldau.Producer`.
 """
@@ -27,6 +30,7 @@ import grpc
 from engine.records import Codec
 from moldau._accumulator import Accumulator, PendingBatch
 from moldau._runtime import call, open_channel
+from moldau._tcp import TcpChannel
 from moldau.errors import (
     ClientClosedError,
     DeliveryTimeoutError,
@@ -45,6 +49,7 @@ _RETRIABLE_STREAM = frozenset({_S.UNAVAILABLE, _S.CANCELLED, _S.DEADLINE_EXCEEDE
 _UNAVAILABLE = _S.UNAVAILABLE.value[0]
 _FAILED_PRECONDITION = _S.FAILED_PRECONDITION.value[0]
 _MAX_BACKOFF_S = 2.0
+_PRODUCE_STREAM = "/moldau.v1.ProduceService/ProduceStream"
 
 
 class Sender:
@@ -60,8 +65,10 @@ class Sender:
         request_timeout_s: float,
         delivery_timeout_s: float,
         retry_backoff_s: float,
+        tcp_address: str | None = None,
     ) -> None:
         self.server = server
+        self.tcp_address = tcp_address
         self._accumulator = accumulator
         self._codec = codec
         self._producer_id = producer_id
@@ -78,6 +85,7 @@ class Sender:
         self._wake: asyncio.Event | None = None
         self._channel: grpc.aio.Channel | None = None
         self._produce: produce_pb2_grpc.ProduceServiceStub | None = None
+        self._tcp: TcpChannel | None = None
         self._admin: admin_pb2_grpc.AdminServiceStub | None = None
         self._partition_counts: dict[str, int] = {}
         self._closing = False
@@ -89,6 +97,8 @@ class Sender:
         self._wake = asyncio.Event()
         self._channel = open_channel(self.server)
         self._produce = produce_pb2_grpc.ProduceServiceStub(self._channel)
+        if self.tcp_address is not None:
+            self._tcp = TcpChannel(self.tcp_address)
         self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
         self._task = asyncio.create_task(self._run(), name="moldau-sender")
 
@@ -107,6 +117,8 @@ class Sender:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self._end_stream()
+        if self._tcp is not None:
+            await self._tcp.close()
         if self._channel is not None:
             await self._channel.close()
 
@@ -203,7 +215,13 @@ class Sender:
 
     def _open_stream(self) -> None:
         assert self._produce is not None
-        stream = self._produce.ProduceStream()
+        if self._tcp is not None:
+            stream: Any = self._tcp.stream_stream(
+                _PRODUCE_STREAM, produce_pb2.ProduceRequest.SerializeToString,
+                produce_pb2.ProduceStreamResponse.FromString,
+            )()
+        else:
+            stream = self._produce.ProduceStream()
         self._call = stream
         self._reader = asyncio.create_task(self._read(stream), name="moldau-acks")
 

@@ -147,6 +147,7 @@ class _ConsumerCore:
         auto_offset_reset: Literal["earliest", "latest"],
         credit_bytes: int,
         request_timeout_ms: float,
+        tcp_address: str | None,
     ) -> None:
         if auto_offset_reset not in ("earliest", "latest"):
             raise ValueError("auto_offset_reset must be 'earliest' or 'latest'")
@@ -159,6 +160,7 @@ class _ConsumerCore:
             self._buffer,
             credit_bytes=credit_bytes,
             auto_offset_reset=auto_offset_reset,
+            tcp_address=tcp_address,
         )
         self._positions: dict[TopicPartition, int] = {}
         self._generations: dict[TopicPartition, int] = {}
@@ -417,6 +419,9 @@ class Consumer(_ConsumerCore, GroupConsumerMixin):
             position falls out of the log (retention): "earliest" or "latest".
         credit_bytes: Bytes per partition the broker may push ahead of the application.
         request_timeout_ms: Deadline of offset lookups.
+        tcp_address: ``HOST:PORT`` of the broker's TCP port (``--tcp-listen``): records are
+            pushed there instead of over gRPC, for lower latency (docs/tcp-port.md). Offsets
+            and group calls still use ``server``.
     """
 
     def __init__(
@@ -426,12 +431,14 @@ class Consumer(_ConsumerCore, GroupConsumerMixin):
         auto_offset_reset: Literal["earliest", "latest"] = "latest",
         credit_bytes: int = 4 * 1024 * 1024,
         request_timeout_ms: float = 30_000,
+        tcp_address: str | None = None,
     ) -> None:
         super().__init__(
             server,
             auto_offset_reset=auto_offset_reset,
             credit_bytes=credit_bytes,
             request_timeout_ms=request_timeout_ms,
+            tcp_address=tcp_address,
         )
         self._thread = LoopThread("moldau-consumer")
 
@@ -544,12 +551,14 @@ class AsyncConsumer(_ConsumerCore, AsyncGroupConsumerMixin):
         auto_offset_reset: Literal["earliest", "latest"] = "latest",
         credit_bytes: int = 4 * 1024 * 1024,
         request_timeout_ms: float = 30_000,
+        tcp_address: str | None = None,
     ) -> None:
         super().__init__(
             server,
             auto_offset_reset=auto_offset_reset,
             credit_bytes=credit_bytes,
             request_timeout_ms=request_timeout_ms,
+            tcp_address=tcp_address,
         )
         self._arrived: asyncio.Event | None = None
 

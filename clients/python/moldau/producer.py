@@ -73,6 +73,7 @@ class _ProducerCore:
         retry_backoff_ms: float,
         max_in_flight_per_partition: int,
         idempotent: bool,
+        tcp_address: str | None,
     ) -> None:
         if batch_size < 1 or buffer_memory < 1 or linger_ms < 0 or max_block_ms < 0:
             raise ValueError("batch_size and buffer_memory must be positive, times >= 0")
@@ -102,6 +103,7 @@ class _ProducerCore:
             request_timeout_s=request_timeout_ms / 1000.0,
             delivery_timeout_s=delivery_timeout_ms / 1000.0,
             retry_backoff_s=retry_backoff_ms / 1000.0,
+            tcp_address=tcp_address,
         )
         self._sticky: dict[str, list[int]] = {}  # topic -> [partition, bytes sent to it]
         self._closed = False
@@ -204,6 +206,9 @@ class Producer(_ProducerCore):
             ``$MOLDAU_TLS_CA_FILE``.
         tls_cert_file: Client certificate for mTLS; default ``$MOLDAU_TLS_CERT_FILE``.
         tls_key_file: Its key; default ``$MOLDAU_TLS_KEY_FILE``.
+        tcp_address: ``HOST:PORT`` of the broker's TCP port (``--tcp-listen``): batches go
+            there instead of over gRPC, for lower latency (docs/tcp-port.md). Metadata calls
+            still use ``server``.
     """
 
     def __init__(
@@ -224,6 +229,7 @@ class Producer(_ProducerCore):
         tls_ca_file: str | None = None,
         tls_cert_file: str | None = None,
         tls_key_file: str | None = None,
+        tcp_address: str | None = None,
     ) -> None:
         self._credentials = Credentials.resolve(
             token=token, tls_ca_file=tls_ca_file, tls_cert_file=tls_cert_file,
@@ -235,6 +241,7 @@ class Producer(_ProducerCore):
             delivery_timeout_ms=delivery_timeout_ms, request_timeout_ms=request_timeout_ms,
             retry_backoff_ms=retry_backoff_ms,
             max_in_flight_per_partition=max_in_flight_per_partition, idempotent=idempotent,
+            tcp_address=tcp_address,
         )
         self._thread = LoopThread("moldau-producer")
         with using_credentials(self._credentials):  # the sender opens its channel in start
@@ -382,6 +389,7 @@ class AsyncProducer(_ProducerCore):
         tls_ca_file: str | None = None,
         tls_cert_file: str | None = None,
         tls_key_file: str | None = None,
+        tcp_address: str | None = None,
     ) -> None:
         self._credentials = Credentials.resolve(
             token=token, tls_ca_file=tls_ca_file, tls_cert_file=tls_cert_file,
@@ -393,6 +401,7 @@ class AsyncProducer(_ProducerCore):
             delivery_timeout_ms=delivery_timeout_ms, request_timeout_ms=request_timeout_ms,
             retry_backoff_ms=retry_backoff_ms,
             max_in_flight_per_partition=max_in_flight_per_partition, idempotent=idempotent,
+            tcp_address=tcp_address,
         )
         self._started = False
         self._room: asyncio.Event | None = None

@@ -1,0 +1,327 @@
+"""The client end of the broker's TCP port (proto/moldau/v1/tcp.proto, docs/tcp-port.md).
+
+:class:`TcpChannel` looks like the part of ``grpc.aio.Channel`` the producer and consumer use
+for their streams (``stream_stream(...)(request_iterator)`` giving a call with ``write``,
+``done_writing``, ``cancel`` and async iteration), and a failed call raises
+:class:`TcpRpcError`, a ``grpc.RpcError`` with ``code``, ``details`` and
+``trailing_metadata``: the retry and error-translation code above it is the gRPC code,
+unchanged. Calls share one TCP connection, opened on first use and again after it breaks.
+
+Event loop thread only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import socket
+import ssl
+import struct
+from collections import deque
+from collections.abc import AsyncIterable, Callable
+from typing import Any
+
+import grpc
+
+from moldau._runtime import _CREDENTIALS, Credentials
+from moldau.v1 import tcp_pb2
+
+__all__ = ["MAGIC", "TcpCall", "TcpChannel", "TcpRpcError", "parse_address"]
+
+MAGIC = b"MOLDAU\x00\x01"
+_HEAD = struct.Struct(">IIB")
+_OPEN, _MESSAGE, _HALF_CLOSE, _STATUS, _CANCEL = range(5)
+_MAX_FRAME = (1 << 30) + 5  # responses: the broker bounds them by its max_fetch_bytes
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) as a pair; ValueError says what is wrong."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"tcp address must be HOST:PORT (e.g. 127.0.0.1:7655), got {address!r}")
+    return host.strip("[]"), int(port_text)
+
+
+class TcpRpcError(grpc.RpcError):  # type: ignore[misc]  # untyped base
+    """A call's non-OK status, shaped like grpc's so ``error_from_rpc`` reads it."""
+
+    def __init__(self, code: grpc.StatusCode, details: str,
+                 metadata: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self._code = code
+        self._details = details
+        self._metadata = metadata
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+
+class _Link(asyncio.Protocol):
+    """One connection: reads frames and hands each to its call."""
+
+    def __init__(self, channel: TcpChannel) -> None:
+        self._channel = channel
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self.calls: dict[int, TcpCall] = {}
+        self.lost: BaseException | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.write(MAGIC)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc or ConnectionResetError("the broker closed the connection")
+        self._writable.set()
+        self._channel.link_lost(self)
+        for call in list(self.calls.values()):
+            call.finish(TcpRpcError(grpc.StatusCode.UNAVAILABLE,
+                                    f"connection to {self._channel.address} lost: {self.lost}"))
+        self.calls.clear()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        position = 0
+        head = _HEAD
+        while len(buffer) - position >= head.size:
+            length, call_id, kind = head.unpack_from(buffer, position)
+            if not 5 <= length <= _MAX_FRAME:
+                self._fail(f"the broker sent a frame of {length} bytes")
+                return
+            end = position + 4 + length
+            if len(buffer) < end:
+                break
+            payload = bytes(buffer[position + head.size:end])
+            position = end
+            call = self.calls.get(call_id)
+            if call is None:
+                continue  # a call we cancelled and forgot
+            if kind == _MESSAGE:
+                call.deliver(payload)
+            elif kind == _STATUS:
+                self.calls.pop(call_id, None)
+                call.finish(_status_error(payload))
+        if position:
+            del buffer[:position]
+
+    def _fail(self, reason: str) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        self.lost = ConnectionError(reason)
+
+    async def send(self, call_id: int, kind: int, payload: bytes = b"") -> None:
+        if not self._writable.is_set():
+            await self._writable.wait()
+        if self.lost is not None or self.transport is None or self.transport.is_closing():
+            raise TcpRpcError(grpc.StatusCode.UNAVAILABLE,
+                              f"connection to {self._channel.address} lost: {self.lost}")
+        self.transport.write(_HEAD.pack(len(payload) + 5, call_id, kind) + payload)
+
+
+def _status_error(payload: bytes) -> TcpRpcError | None:
+    status = tcp_pb2.TcpStatus.FromString(payload)
+    if status.code == 0:
+        return None
+    code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+    return TcpRpcError(code, status.message, tuple((m.key, m.value) for m in status.metadata))
+
+
+class TcpCall:
+    """A streaming call, like ``grpc.aio.StreamStreamCall`` in the parts Moldau uses."""
+
+    def __init__(self, channel: TcpChannel, method: str,
+                 serialize: Callable[[Any], bytes], deserialize: Callable[[bytes], Any],
+                 requests: AsyncIterable[Any] | None) -> None:
+        self._channel = channel
+        self._method = method
+        self._serialize = serialize
+        self._deserialize = deserialize
+        self._responses: deque[bytes] = deque()
+        self._arrived = asyncio.Event()
+        self._error: TcpRpcError | None = None
+        self._done = False
+        self._link: _Link | None = None
+        self._call_id = 0
+        self._opened = asyncio.ensure_future(self._open())
+        self._opened.add_done_callback(self._on_opened)
+        self._feeder: asyncio.Task[None] | None = None
+        if requests is not None:
+            self._feeder = asyncio.ensure_future(self._feed(requests))
+
+    async def _open(self) -> None:
+        link = await self._channel.link()
+        self._link = link
+        self._call_id = self._channel.next_call_id()
+        link.calls[self._call_id] = self
+        opened = tcp_pb2.TcpOpen(method=self._method)
+        for key, value in self._channel.metadata:
+            opened.metadata.add(key=key, value=value)
+        await link.send(self._call_id, _OPEN, opened.SerializeToString())
+
+    def _on_opened(self, opened: asyncio.Future[None]) -> None:
+        if opened.cancelled():
+            self.finish(TcpRpcError(grpc.StatusCode.CANCELLED, "cancelled by the client"))
+            return
+        exc = opened.exception()
+        if isinstance(exc, TcpRpcError):
+            self.finish(exc)
+        elif exc is not None:
+            self.finish(TcpRpcError(grpc.StatusCode.UNAVAILABLE,
+                                    f"cannot open a call on {self._channel.address}: {exc}"))
+
+    async def _ready(self) -> _Link:
+        if not self._opened.done():
+            await asyncio.wait({self._opened})
+        if self._link is None or self._opened.cancelled() or self._opened.exception():
+            raise self._error or TcpRpcError(grpc.StatusCode.UNAVAILABLE, "not connected")
+        return self._link
+
+    async def _feed(self, requests: AsyncIterable[Any]) -> None:
+        try:
+            async for request in requests:
+                await self.write(request)
+            await self.done_writing()
+        except (TcpRpcError, asyncio.CancelledError):
+            pass
+
+    async def write(self, request: Any) -> None:
+        link = await self._ready()
+        if self._done:
+            raise self._error or TcpRpcError(grpc.StatusCode.CANCELLED, "the call has ended")
+        await link.send(self._call_id, _MESSAGE, self._serialize(request))
+
+    async def done_writing(self) -> None:
+        link = await self._ready()
+        if not self._done:
+            await link.send(self._call_id, _HALF_CLOSE)
+
+    def cancel(self) -> bool:
+        if self._done:
+            return False
+        self.finish(TcpRpcError(grpc.StatusCode.CANCELLED, "cancelled by the client"))
+        link = self._link
+        if link is not None and link.calls.pop(self._call_id, None) is not None:
+            transport = link.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(_HEAD.pack(5, self._call_id, _CANCEL))
+        elif not self._opened.done():
+            self._opened.cancel()
+        if self._feeder is not None:
+            self._feeder.cancel()
+        return True
+
+    def deliver(self, payload: bytes) -> None:
+        self._responses.append(payload)
+        self._arrived.set()
+
+    def finish(self, error: TcpRpcError | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._error = error
+        self._arrived.set()
+
+    def __aiter__(self) -> TcpCall:
+        return self
+
+    async def __anext__(self) -> Any:
+        while not self._responses:
+            if self._done:
+                if self._error is not None:
+                    raise self._error
+                raise StopAsyncIteration
+            self._arrived.clear()
+            await self._arrived.wait()
+        return self._deserialize(self._responses.popleft())
+
+
+class TcpChannel:
+    """Streams over one (re)connecting TCP connection to a broker's TCP port."""
+
+    def __init__(self, address: str, credentials: Credentials | None = None) -> None:
+        self.address = address
+        self._host, self._port = parse_address(address)
+        creds = credentials or _CREDENTIALS.get() or Credentials.resolve()
+        self.metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {creds.token}"),) if creds.token else ()
+        )
+        self._ssl: ssl.SSLContext | None = None
+        if creds.tls:
+            context = ssl.create_default_context(cafile=creds.tls_ca_file or None)
+            if creds.tls_cert_file and creds.tls_key_file:
+                context.load_cert_chain(creds.tls_cert_file, creds.tls_key_file)
+            self._ssl = context
+        self._link: _Link | None = None
+        self._connecting: asyncio.Future[_Link] | None = None
+        self._ids = itertools.count(1)
+        self._closed = False
+
+    def next_call_id(self) -> int:
+        return next(self._ids) & 0xFFFFFFFF
+
+    def stream_stream(self, method: str, request_serializer: Callable[[Any], bytes],
+                      response_deserializer: Callable[[bytes], Any]
+                      ) -> Callable[..., TcpCall]:
+        def start(request_iterator: AsyncIterable[Any] | None = None) -> TcpCall:
+            return TcpCall(self, method, request_serializer, response_deserializer,
+                           request_iterator)
+        return start
+
+    async def link(self) -> _Link:
+        """The live connection, connecting when there is none."""
+        if self._closed:
+            raise TcpRpcError(grpc.StatusCode.CANCELLED, "the channel is closed")
+        link = self._link
+        if link is not None and link.lost is None:
+            return link
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.ensure_future(self._connect())
+        return await asyncio.shield(self._connecting)
+
+    async def _connect(self) -> _Link:
+        loop = asyncio.get_running_loop()
+        try:
+            _, link = await loop.create_connection(
+                lambda: _Link(self), self._host, self._port, ssl=self._ssl,
+                server_hostname=self._host if self._ssl is not None else None,
+            )
+        except OSError as exc:
+            raise TcpRpcError(grpc.StatusCode.UNAVAILABLE,
+                              f"cannot connect to the TCP port {self.address}: {exc}") from exc
+        self._link = link
+        return link
+
+    def link_lost(self, link: _Link) -> None:
+        if self._link is link:
+            self._link = None
+
+    async def close(self) -> None:
+        self._closed = True
+        link, self._link = self._link, None
+        if link is not None:
+            for call in list(link.calls.values()):
+                call.cancel()
+            if link.transport is not None:
+                link.transport.close()
