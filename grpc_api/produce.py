@@ -40,7 +40,11 @@ from grpc_api.errors import (
 from grpc_api.runtime import AppendLane, Runtime
 from moldau.v1 import common_pb2, produce_pb2, produce_pb2_grpc
 
-__all__ = ["ProduceServicer"]
+__all__ = ["INLINE_APPEND_BYTES", "ProduceServicer"]
+
+#: Pre-encoded batches up to this size are stored on the event loop when their partition's
+#: lane is idle (see AppendLane.submit): validating and writing them takes microseconds.
+INLINE_APPEND_BYTES = 64 * 1024
 
 _AckQueue = asyncio.Queue[produce_pb2.ProduceStreamResponse | BaseException | None]
 
@@ -175,9 +179,10 @@ class ProduceServicer(produce_pb2_grpc.ProduceServiceServicer):
                     lane = lanes.get(key)
                     if lane is None:
                         lane = lanes[key] = AppendLane(self._runtime.executor)
-                    appends.append(
-                        lane.submit(functools.partial(self._store_part, broker, plan, part))
-                    )
+                    small = part.batch is not None and len(part.batch) <= INLINE_APPEND_BYTES
+                    appends.append(lane.submit(
+                        functools.partial(self._store_part, broker, plan, part), inline=small
+                    ))
                 if len(appends) == 1:
                     future: asyncio.Future[Any] = appends[0]
                     future.add_done_callback(

@@ -582,6 +582,9 @@ class PartitionLog:
                 str(segment.log.path), start.position, "batch offsets past the high watermark"
             )
         size = max(max_bytes, start.header.size)
+        # os.pread allocates all ``size`` bytes before reading fewer: at the tail of the log
+        # that was a fresh 512 KiB allocation (mmap, page faults) per Subscribe push
+        size = min(size, max(segment.size - start.position, start.header.size))
         data = segment.read(start.position, size)
         view = memoryview(data)
         limit = self.config.max_message_bytes + LOG_OVERHEAD

@@ -206,3 +206,21 @@ def test_grants_wait_for_a_quarter_of_the_credit() -> None:
     fetcher.consumed(tp, 1, 60)
     fetcher.consumed(tp, 2, 60)  # a stale generation: ignored
     assert stream.returned == 60
+
+
+def test_the_blocking_consumer_wakes_its_loop_only_when_a_grant_is_due(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Consumed bytes add up in the polling thread; a wake-up per chunk was a self-pipe write
+    in the path of every poll."""
+    calls: list[tuple[object, ...]] = []
+    tp = TopicPartition("t", 0)
+    with Consumer("127.0.0.1:1", credit_bytes=400) as consumer:
+        monkeypatch.setattr(consumer._thread, "call_soon", lambda _fn, *args: calls.append(args))
+        for _ in range(3):
+            consumer._grant(tp, 1, 40)  # the grant is due at 100 bytes: on the third
+        consumer._grant(tp, 1, 10)
+        consumer._grant(tp, 2, 90)  # a new generation starts from nothing
+        consumer._grant(tp, 2, 20)
+        monkeypatch.undo()
+    assert calls == [(tp, 1, 120), (tp, 2, 110)]

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -118,16 +119,28 @@ def test_run_executes_on_a_worker_thread(runtime: Runtime) -> None:
 
 
 class FakeDurableLog:
-    """Counts durability waits; fails them while ``fail`` is set."""
+    """Counts durability waits; fails them while ``fail`` is set.
 
-    def __init__(self) -> None:
+    ``high_watermark`` stays 0 (every append needs a wait, as on an fsync topic) unless
+    ``durable_on_append`` (an async topic: stored is visible).
+    """
+
+    def __init__(self, *, durable_on_append: bool = False) -> None:
         self.waits: list[int] = []
+        self.wait_threads: list[str] = []
         self.fail = False
+        self.durable_on_append = durable_on_append
+        self.high_watermark = 0
+        self.gate: threading.Event | None = None  # when set, waits block until it is
 
     def wait_durable(self, end_offset: int) -> None:
+        if self.gate is not None:
+            self.gate.wait(5)
         self.waits.append(end_offset)
+        self.wait_threads.append(threading.current_thread().name)
         if self.fail:
             raise OSError("fsync failed")
+        self.high_watermark = max(self.high_watermark, end_offset)
 
 
 def _appender(
@@ -144,7 +157,13 @@ def _appender(
         if n == 3:
             raise ValueError("three")
         order.append(n)
+        threads.append(threading.current_thread().name)
+        if log.durable_on_append:
+            log.high_watermark = n * 10 + 10
         return log, AppendResult(n * 10, n * 10 + 9, -1)
+
+    threads: list[str] = []
+    append.threads = threads  # type: ignore[attr-defined]
 
     return append
 
@@ -232,3 +251,113 @@ def test_closed_lane_cancels_calls_not_started(runtime: Runtime) -> None:
 
     assert asyncio.run(scenario()) == (True, True)
     assert ran == [0]
+
+
+def test_an_inline_call_on_an_idle_lane_runs_on_the_loop_and_settles_at_once(
+    runtime: Runtime,
+) -> None:
+    """An async topic's small batch: stored and acknowledged without a worker hop."""
+    order: list[int] = []
+    log = FakeDurableLog(durable_on_append=True)
+    append = _appender(log, order)
+
+    async def scenario() -> tuple[bool, list[object]]:
+        lane = AppendLane(runtime.executor)
+        first = lane.submit(functools.partial(append, 0), inline=True)
+        settled_at_once = first.done()
+        rest = [lane.submit(functools.partial(append, n), inline=True) for n in (1, 3, 4)]
+        return settled_at_once, await asyncio.gather(first, *rest, return_exceptions=True)
+
+    settled_at_once, results = asyncio.run(scenario())
+    assert settled_at_once
+    assert order == [0, 1, 4]
+    assert append.threads == ["MainThread"] * 3  # type: ignore[attr-defined]
+    assert isinstance(results[2], ValueError)  # a failed inline call frees the lane
+    assert [cast(AppendResult, r).base_offset for r in (results[0], results[1], results[3])] \
+        == [0, 10, 40]
+    assert log.waits == []  # nothing to wait for
+
+
+def test_an_inline_call_waits_for_durability_on_a_worker_and_later_calls_queue_behind(
+    runtime: Runtime,
+) -> None:
+    """An fsync topic: stored inline, fsynced on a worker; calls meanwhile form one group."""
+    order: list[int] = []
+    log = FakeDurableLog()
+    log.gate = threading.Event()  # the first wait holds until all three are submitted
+    append = _appender(log, order)
+
+    async def scenario() -> list[object]:
+        lane = AppendLane(runtime.executor)
+        futures = [lane.submit(functools.partial(append, n), inline=True) for n in (0, 1, 2)]
+        assert log.gate is not None
+        log.gate.set()
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    results = asyncio.run(scenario())
+    assert order == [0, 1, 2]
+    assert append.threads[0] == "MainThread"  # type: ignore[attr-defined]
+    assert all(t.startswith("moldau-worker") for t in append.threads[1:])  # type: ignore[attr-defined]
+    assert log.waits == [10, 30]  # the inline call's own wait, then one for the queued group
+    assert all(t.startswith("moldau-worker") for t in log.wait_threads)
+    assert [cast(AppendResult, r).base_offset for r in results] == [0, 10, 20]
+
+
+def test_a_failed_wait_of_an_inline_call_fails_it_and_the_lane_goes_on(runtime: Runtime) -> None:
+    log = FakeDurableLog()
+    log.fail = True
+    order: list[int] = []
+    append = _appender(log, order)
+
+    async def scenario() -> list[object]:
+        lane = AppendLane(runtime.executor)
+        first = lane.submit(functools.partial(append, 0), inline=True)
+        second = lane.submit(functools.partial(append, 1), inline=True)
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        log.fail = False
+        third = lane.submit(functools.partial(append, 2), inline=True)
+        return [*results, await third]
+
+    results = asyncio.run(scenario())
+    assert [type(r) for r in results[:2]] == [OSError, OSError]
+    assert cast(AppendResult, results[2]).base_offset == 20
+    assert order == [0, 1, 2]
+
+
+def test_an_inline_watch_wake_needs_no_loop_round_trip(runtime: Runtime) -> None:
+    """An append on the loop thread sets the watch's event directly."""
+    fake = FakeLog()
+
+    async def scenario() -> bool:
+        with runtime.watch("t", _log(fake)) as watch:
+            watch.clear()
+            for listener in fake.listeners:
+                listener()  # as an inline append on this thread calls it
+            return watch._event.is_set()  # set now: no call_soon_threadsafe round trip
+
+    assert asyncio.run(scenario())
+
+
+def test_an_inline_call_never_overtakes_a_group_whose_settling_is_still_queued(
+    runtime: Runtime,
+) -> None:
+    """The worker ends its drain before the loop runs the callback settling that group: a
+    small batch arriving in between must still be acknowledged after it."""
+    log = FakeDurableLog(durable_on_append=True)
+    append = _appender(log, [])
+    settled: list[int] = []
+
+    async def scenario() -> None:
+        lane = AppendLane(runtime.executor)
+        big = lane.submit(functools.partial(append, 0))  # not inline: a worker drains it
+        deadline = time.monotonic() + 5
+        while lane._draining and time.monotonic() < deadline:
+            time.sleep(0.001)  # hold the loop: the group's settling callback stays queued
+        assert not big.done()
+        small = lane.submit(functools.partial(append, 1), inline=True)
+        big.add_done_callback(lambda _f: settled.append(0))
+        small.add_done_callback(lambda _f: settled.append(1))
+        await asyncio.gather(big, small)
+
+    asyncio.run(scenario())
+    assert settled == [0, 1]

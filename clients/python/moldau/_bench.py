@@ -71,6 +71,7 @@ class BenchConfig:
     key_count: int = 1000
     chunk_records: int = 1000
     timeout_s: float = 300.0
+    tcp_address: str | None = None
 
 
 @dataclass(slots=True)
@@ -92,6 +93,7 @@ class BenchResult:
         percentiles = self.histogram.percentiles_ms(PERCENTILES)
         settings = asdict(self.config)
         settings.pop("server")
+        settings["transport"] = "tcp" if settings.pop("tcp_address") else "grpc"
         return {
             "workload": self.config.workload,
             "records": self.records,
@@ -181,7 +183,7 @@ def _produce_part(
     if rate > 0:
         chunk = max(1, min(chunk, int(rate / 1000) or 1))  # about one chunk per millisecond
     with Producer(config.server, linger_ms=config.linger_ms, batch_size=config.batch_size,
-                  codec=config.codec) as producer:
+                  codec=config.codec, tcp_address=config.tcp_address) as producer:
         producer.partition_count(config.topic)  # metadata before the clock starts
         start = time.monotonic()
         deadline = start + config.duration_s if config.duration_s > 0 else None
@@ -253,7 +255,8 @@ def _consume_part(
         ends = {o.partition: o.offset for o in admin.list_offsets(config.topic, "latest")}
         starts = {o.partition: o.offset for o in admin.list_offsets(config.topic, "earliest")}
     target = min(limit, sum(ends[p] - starts[p] for p in partitions))
-    with Consumer(config.server, auto_offset_reset="earliest") as consumer:
+    with Consumer(config.server, auto_offset_reset="earliest",
+                  tcp_address=config.tcp_address) as consumer:
         consumer.assign([(config.topic, p) for p in partitions])
         consumer.seek_to_beginning()
         start = time.monotonic()
@@ -294,7 +297,8 @@ def _e2e_consumer(config: BenchConfig, expected: int, channel: Any) -> None:
     """Child process: tail the topic; report latency from each value's due time."""
     histogram = Histogram()
     received = 0
-    with Consumer(config.server, auto_offset_reset="latest") as consumer:
+    with Consumer(config.server, auto_offset_reset="latest",
+                  tcp_address=config.tcp_address) as consumer:
         consumer.assign_all(config.topic)
         consumer.seek_to_end()
         channel.put(("ready", None))

@@ -59,6 +59,9 @@ def _add_options(parser: argparse.ArgumentParser, workload: str) -> None:
     number, real = _positive(int), _positive(float)
     parser.add_argument("--server", metavar="HOST:PORT", default=None,
                         help="broker address (default $MOLDAU_SERVER, else 127.0.0.1:7654)")
+    parser.add_argument("--tcp", metavar="HOST:PORT", default=None, dest="tcp_address",
+                        help="the broker's TCP port (serve --tcp-listen): records travel "
+                        "there instead of over gRPC (docs/tcp-port.md)")
     parser.add_argument("--topic", required=True, help="topic (created if missing)")
     parser.add_argument("--records", type=number, default=1_000_000, metavar="N",
                         help="records to write/read (default 1000000; consume: 0 = all)")
@@ -117,6 +120,7 @@ def run_bench_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
         keys=getattr(args, "keys", "none"),
         key_count=max(1, getattr(args, "key_count", 1000)),
         timeout_s=args.timeout,
+        tcp_address=args.tcp_address,
     )
     progress = None if args.no_progress or not err.isatty() else _progress_line(err, config)
     try:

@@ -144,7 +144,8 @@ class Fetcher:
         self.tcp_address = tcp_address
         self.buffer = buffer
         self.credit_bytes = credit_bytes
-        self._grant_bytes = credit_bytes // 4
+        #: Credit goes back to the broker in grants of at least this many bytes.
+        self.grant_bytes = credit_bytes // 4
         self.auto_offset_reset = auto_offset_reset
         self._retry_backoff_s = retry_backoff_s
         self._streams: dict[TopicPartition, _Stream] = {}
@@ -181,7 +182,7 @@ class Fetcher:
         stream = self._streams.get(tp)
         if stream is not None and stream.generation == generation:
             stream.returned += size
-            if stream.returned >= self._grant_bytes:
+            if stream.returned >= self.grant_bytes:
                 grant, stream.returned = stream.returned, 0
                 stream.unconsumed -= grant
                 stream.credits.put_nowait(fetch_pb2.SubscribeRequest(credit_bytes=grant))

@@ -441,9 +441,22 @@ class Consumer(_ConsumerCore, GroupConsumerMixin):
             tcp_address=tcp_address,
         )
         self._thread = LoopThread("moldau-consumer")
+        self._ungranted: dict[TopicPartition, tuple[int, int]] = {}  # tp -> (generation, bytes)
 
     def _grant(self, tp: TopicPartition, generation: int, size: int) -> None:
-        self._thread.call_soon(self._fetcher.consumed, tp, generation, size)
+        """Add up consumed bytes here; hand them to the loop only once a grant is due.
+
+        The fetcher gives credit back in grants of ``grant_bytes`` anyway; waking its loop
+        for every chunk put a self-pipe write (and a thread competing for the interpreter
+        lock) into the path of every poll, before the records reach the application.
+        """
+        known, total = self._ungranted.get(tp, (generation, 0))
+        total = size + (total if known == generation else 0)
+        if total >= self._fetcher.grant_bytes:
+            self._ungranted.pop(tp, None)
+            self._thread.call_soon(self._fetcher.consumed, tp, generation, total)
+        else:
+            self._ungranted[tp] = (generation, total)
 
     def assign(self, partitions: Iterable[TopicPartitionLike]) -> None:
         """Read exactly these ``(topic, partition)`` pairs; new ones start per
