@@ -61,7 +61,8 @@ class Outcome:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     process = ServerProcess(tmp_path_factory.mktemp("proxy") / "data",
-                            env={"MOLDAU_LOG_LEVEL": "WARNING"})
+                            env={"MOLDAU_LOG_LEVEL": "WARNING"},
+                            extra_args=["--tcp-listen", "127.0.0.1:0"])
     process.start()
     yield process
     log = process.log_text()
@@ -77,16 +78,26 @@ def _create_topic(address: str, topic: str) -> None:
 
 
 def _produce_through(address: str, topic: str, records: int, fault: Fault,
-                     rng: random.Random) -> Outcome:
-    """Send ``records`` through a proxy applying ``fault``; wait for every outcome."""
+                     rng: random.Random, tcp_address: str | None = None) -> Outcome:
+    """Send ``records`` through a proxy applying ``fault``; wait for every outcome.
+
+    With ``tcp_address`` the proxy sits in front of the broker's TCP port instead, and the
+    producer lingers 0 ms, so batches leave from this thread (``send_direct``) while the
+    loop thread handles the cuts: the two writers of one connection.
+    """
     history = History(idempotent_writers={WRITER})
     sent: list[list[bytes]] = [[] for _ in range(PARTITIONS)]
     futures: list[tuple[bytes, RecordFuture]] = []
     started = time.monotonic()
-    with FaultProxy(address, rng, fault) as proxy:
+    with FaultProxy(tcp_address or address, rng, fault) as proxy:
         # small batches, so a run has over a thousand, five in flight per partition
-        producer = Producer(proxy.address, idempotent=True, linger_ms=2, batch_size=2048,
-                            retry_backoff_ms=20, delivery_timeout_ms=90_000)
+        if tcp_address is None:
+            producer = Producer(proxy.address, idempotent=True, linger_ms=2, batch_size=2048,
+                                retry_backoff_ms=20, delivery_timeout_ms=90_000)
+        else:
+            producer = Producer(address, tcp_address=proxy.address, idempotent=True,
+                                linger_ms=0, batch_size=2048, retry_backoff_ms=20,
+                                delivery_timeout_ms=90_000)
         try:
             for n in range(records):
                 value = f"{WRITER}:{n}:".encode().ljust(100, b".")
@@ -162,6 +173,25 @@ def test_lost_responses_are_retried_and_deduplicated(server: ServerProcess) -> N
     # a duplicate answer needs a lost acknowledgement: at most max_in_flight (5) per
     # partition per cut
     assert outcome.deduplicated <= stats.cuts * 5 * PARTITIONS, f"{at}: {outcome.deduplicated}"
+    assert server.process is not None
+    assert server.process.poll() is None, f"{at}: the server died"
+
+
+def test_lost_responses_on_the_tcp_port_are_retried_and_deduplicated(
+    server: ServerProcess,
+) -> None:
+    seed, rng = make_rng("proxy-cut-tcp")
+    at = f"MOLDAU_SEED={seed} mode={MODE}"
+    _create_topic(server.address, "cut-tcp")
+    outcome = _produce_through(server.address, "cut-tcp", RECORDS[0] // 4, Cut(200, 3_000),
+                               rng, tcp_address=server.tcp_address)
+    stored = _check_stored(server.address, "cut-tcp", outcome, at)
+    print(_summary(at, "cut over the TCP port", outcome, stored), file=sys.stderr)
+    stats = outcome.stats
+    assert stats.cuts_dropping_responses > 0, f"{at}: no cut dropped a response: {stats}"
+    assert outcome.deduplicated > 0, (
+        f"{at}: {stats.cuts} cuts dropped responses, yet no resend was answered as a duplicate"
+    )
     assert server.process is not None
     assert server.process.poll() is None, f"{at}: the server died"
 

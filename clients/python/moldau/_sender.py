@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import threading
 import time
 from typing import Any
 
@@ -30,7 +31,7 @@ import grpc
 from engine.records import Codec
 from moldau._accumulator import Accumulator, PendingBatch
 from moldau._runtime import call, open_channel
-from moldau._tcp import TcpChannel
+from moldau._tcp import TcpCall, TcpChannel, TcpRpcError
 from moldau.errors import (
     ClientClosedError,
     DeliveryTimeoutError,
@@ -89,6 +90,11 @@ class Sender:
         self._admin: admin_pb2_grpc.AdminServiceStub | None = None
         self._partition_counts: dict[str, int] = {}
         self._closing = False
+        #: Held while batches are drained and written to a TCP stream, by the loop or by
+        #: send_direct (any thread), and while a failed stream's batches are taken back:
+        #: drain order is write order, and nothing goes in flight on a stream given up.
+        #: Never held across an await.
+        self._send_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -159,15 +165,19 @@ class Sender:
             now = time.monotonic()
             self._expire(now)
             if now >= self._retry_at:
-                await self._send_all(accumulator.drain(now))
+                if self._tcp is not None:
+                    await self._send_tcp()
+                else:
+                    await self._send_all(accumulator.drain(now))
             if self._closing and accumulator.pending_count() == 0:
                 return
             deadline = accumulator.next_deadline()
             if self._retry_at > now:
                 deadline = self._retry_at if deadline is None else min(deadline, self._retry_at)
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if self._in_flight or accumulator.pending_count():
-                # wake now and then to expire batches past delivery_timeout_ms
+            if self._in_flight or accumulator.pending_count() or self._tcp is not None:
+                # wake now and then to expire batches past delivery_timeout_ms (with TCP,
+                # send_direct may put batches in flight without waking this loop)
                 timeout = min(timeout if timeout is not None else 1.0, 1.0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
@@ -187,6 +197,65 @@ class Sender:
                 self._accumulator.requeue(batches[index:])
                 return
             stream = await self._send(batch)
+
+    async def _send_tcp(self) -> None:
+        """Drain and write on the TCP stream; the waits (connecting, a backed-up socket)
+        come first, so the drain and the writes run under the send lock without a pause."""
+        stream = self._call
+        if stream is None:
+            if self._accumulator.pending_count() == 0:
+                return
+            self._open_stream()
+            stream = self._call
+        assert isinstance(stream, TcpCall)
+        if not await stream.wait_writable():
+            return  # the call failed: its reader requeues what was in flight
+        with self._send_lock:
+            self._write_drained(stream)
+
+    def send_direct(self) -> bool:
+        """Any thread: drain and write what is ready straight onto the TCP stream.
+
+        For the blocking producer with ``linger_ms=0``: a batch leaves from the application's
+        thread instead of waking the loop thread to send it, one thread wake-up less per
+        record end to end. False when that is not possible now (no TCP stream open yet, TLS,
+        a retry backoff, a backed-up socket, the loop sending at this moment): the caller
+        wakes the loop as before.
+        """
+        stream = self._call
+        if (not isinstance(stream, TcpCall) or self._closing or self._accumulator.linger_s
+                or not stream.writable_now() or time.monotonic() < self._retry_at):
+            return False
+        if not self._send_lock.acquire(blocking=False):
+            return False
+        try:
+            if stream is not self._call:
+                return False
+            self._write_drained(stream)
+        finally:
+            self._send_lock.release()
+        return True
+
+    def _write_drained(self, stream: TcpCall) -> None:
+        """Under the send lock: put every drainable batch in flight and write it."""
+        if stream is not self._call:
+            return
+        for batch in self._accumulator.drain(time.monotonic()):
+            try:
+                data = batch.encode(self._codec, self._producer_id)
+            except (ValueError, TypeError) as exc:
+                self._fail(batch, MoldauError(f"cannot encode the batch: {exc}"))
+                continue
+            correlation_id = next(self._correlation)
+            self._in_flight[correlation_id] = batch
+            request = produce_pb2.ProduceRequest(
+                topic=batch.topic, partition=batch.partition, record_batch=data,
+                correlation_id=correlation_id,
+            )
+            try:
+                stream.write_now(request)
+            except TcpRpcError:
+                return  # the connection broke: its reader requeues everything in flight
 
     async def _send(self, batch: PendingBatch) -> Any:
         """Write ``batch`` on the current stream (opened if needed); returns that stream."""
@@ -286,12 +355,13 @@ class Sender:
 
     def _stream_failed(self, stream: Any, exc: BaseException) -> None:
         """Requeue (or fail) everything in flight on ``stream`` if it is still the current one."""
-        if stream is not self._call:
-            return
-        self._call = None
+        with self._send_lock:  # no send_direct is between putting a batch in flight and writing
+            if stream is not self._call:
+                return
+            self._call = None
+            batches = list(self._in_flight.values())
+            self._in_flight.clear()
         stream.cancel()  # a half-dead stream must not deliver acks for requeued batches
-        batches = list(self._in_flight.values())
-        self._in_flight.clear()
         error = error_from_rpc(exc) if isinstance(exc, grpc.RpcError) else None
         if error is None and isinstance(exc, MoldauError):
             error = exc

@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import socket
 import ssl
 import struct
+import threading
 from collections import deque
 from collections.abc import AsyncIterable, Callable
 from typing import Any
@@ -65,7 +67,15 @@ class TcpRpcError(grpc.RpcError):  # type: ignore[misc]  # untyped base
 
 
 class _Link(asyncio.Protocol):
-    """One connection: reads frames and hands each to its call."""
+    """One connection: reads frames and hands each to its call.
+
+    Writes: through the transport on a TLS connection (event loop thread only). On a plain
+    one, :meth:`write` may be called from any thread: it sends on its own duplicate of the
+    socket under a lock, and what the socket does not take at once waits in a backlog the
+    loop flushes (the transport itself never writes, so the two never interleave). That
+    lets a blocking producer send a batch from the application's thread, without waking
+    the loop thread first: one thread wake-up less per record end to end.
+    """
 
     def __init__(self, channel: TcpChannel) -> None:
         self._channel = channel
@@ -75,6 +85,16 @@ class _Link(asyncio.Protocol):
         self.lost: BaseException | None = None
         self._writable = asyncio.Event()
         self._writable.set()
+        self._loop = asyncio.get_running_loop()
+        self._write_lock = threading.Lock()
+        self._fd = -1  # a duplicate of the socket's descriptor: writes from any thread
+        self._backlog = bytearray()
+        self._flushing = False
+
+    @property
+    def writes_anywhere(self) -> bool:
+        """Whether :meth:`write` may be called from any thread (a plain connection)."""
+        return self._fd >= 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -83,10 +103,72 @@ class _Link(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport.write(MAGIC)
+            if transport.get_extra_info("sslcontext") is None:
+                self._fd = os.dup(sock.fileno())
+        self.write(MAGIC)
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` after everything written before it (see the class docstring)."""
+        if self._fd < 0:
+            assert self.transport is not None
+            self.transport.write(data)
+            return
+        with self._write_lock:
+            if self.lost is not None or self._fd < 0:
+                raise TcpRpcError(grpc.StatusCode.UNAVAILABLE,
+                                  f"connection to {self._channel.address} lost: {self.lost}")
+            if self._backlog:
+                self._backlog += data
+                return
+            try:
+                sent = os.write(self._fd, data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                return  # the connection broke: its reader reports it (connection_lost)
+            if sent < len(data):
+                self._backlog += data[sent:]
+                self._writable.clear()
+                if not self._flushing:
+                    self._flushing = True
+                    self._loop.call_soon_threadsafe(self._watch_writable)
+
+    def _watch_writable(self) -> None:
+        with self._write_lock:
+            if self._fd >= 0 and self._backlog:
+                # the transport owns the descriptor for reading; the loop's private
+                # _add_writer is what transports themselves use (the public one refuses)
+                self._loop._add_writer(self._fd, self._flush)  # type: ignore[attr-defined]
+            else:
+                self._flushing = False
+
+    def _flush(self) -> None:
+        with self._write_lock:
+            done = self._fd < 0
+            if not done:
+                try:
+                    sent = os.write(self._fd, self._backlog)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError:
+                    sent, done = 0, True
+                del self._backlog[:sent]
+                done = done or not self._backlog
+            if done:
+                self._flushing = False
+                if self._fd >= 0:
+                    self._loop._remove_writer(self._fd)  # type: ignore[attr-defined]
+                self._writable.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = exc or ConnectionResetError("the broker closed the connection")
+        with self._write_lock:
+            self.lost = exc or ConnectionResetError("the broker closed the connection")
+            if self._fd >= 0:
+                if self._flushing:
+                    self._loop._remove_writer(self._fd)  # type: ignore[attr-defined]
+                os.close(self._fd)
+                self._fd = -1
+            self._backlog.clear()
         self._writable.set()
         self._channel.link_lost(self)
         for call in list(self.calls.values()):
@@ -122,7 +204,15 @@ class _Link(asyncio.Protocol):
                 call.deliver(payload)
             elif kind == _STATUS:
                 self.calls.pop(call_id, None)
-                call.finish(_status_error(payload))
+                try:
+                    error = _status_error(payload)
+                except Exception:  # protobuf's DecodeError: not a broker we understand
+                    error = TcpRpcError(grpc.StatusCode.INTERNAL,
+                                        "the broker ended the call with an unreadable status")
+                    self._fail("the broker sent an unreadable status frame")
+                call.finish(error)
+                if self.lost is not None:
+                    return
         if position:
             del buffer[:position]
 
@@ -132,12 +222,23 @@ class _Link(asyncio.Protocol):
         self.lost = ConnectionError(reason)
 
     async def send(self, call_id: int, kind: int, payload: bytes = b"") -> None:
+        """Event loop thread: write a frame, first waiting while the socket is backed up."""
         if not self._writable.is_set():
             await self._writable.wait()
         if self.lost is not None or self.transport is None or self.transport.is_closing():
             raise TcpRpcError(grpc.StatusCode.UNAVAILABLE,
                               f"connection to {self._channel.address} lost: {self.lost}")
-        self.transport.write(_HEAD.pack(len(payload) + 5, call_id, kind) + payload)
+        self.write(_HEAD.pack(len(payload) + 5, call_id, kind) + payload)
+
+    @property
+    def writable(self) -> bool:
+        """Whether the socket took everything written so far (no backlog)."""
+        return self._writable.is_set()
+
+    async def wait_writable(self) -> None:
+        """Event loop thread: wait until the backlog is flushed (or the connection is lost)."""
+        if not self._writable.is_set():
+            await self._writable.wait()
 
 
 def _status_error(payload: bytes) -> TcpRpcError | None:
@@ -212,6 +313,33 @@ class TcpCall:
             raise self._error or TcpRpcError(grpc.StatusCode.CANCELLED, "the call has ended")
         await link.send(self._call_id, _MESSAGE, self._serialize(request))
 
+    def writable_now(self) -> bool:
+        """Any thread: open, on a plain connection, with nothing backed up."""
+        link = self._link
+        return (link is not None and not self._done and self._opened.done()
+                and link.writes_anywhere and link.writable)
+
+    async def wait_writable(self) -> bool:
+        """Event loop thread: wait until the call is open and its socket is not backed up;
+        False when the call has ended instead."""
+        if not self._opened.done():
+            await asyncio.wait({self._opened})
+        link = self._link
+        if link is None or self._done:
+            return False
+        await link.wait_writable()
+        return not self._done and link.lost is None
+
+    def write_now(self, request: Any) -> None:
+        """Write ``request`` without waiting: from any thread on a plain connection (see
+        :meth:`writable_now`), else from the event loop thread after :meth:`wait_writable`.
+        Raises TcpRpcError when the call or its connection has ended."""
+        link = self._link
+        if link is None or self._done:
+            raise self._error or TcpRpcError(grpc.StatusCode.CANCELLED, "the call has ended")
+        payload = self._serialize(request)
+        link.write(_HEAD.pack(len(payload) + 5, self._call_id, _MESSAGE) + payload)
+
     async def done_writing(self) -> None:
         link = await self._ready()
         if not self._done:
@@ -225,7 +353,8 @@ class TcpCall:
         if link is not None and link.calls.pop(self._call_id, None) is not None:
             transport = link.transport
             if transport is not None and not transport.is_closing():
-                transport.write(_HEAD.pack(5, self._call_id, _CANCEL))
+                with contextlib.suppress(TcpRpcError):
+                    link.write(_HEAD.pack(5, self._call_id, _CANCEL))
         elif not self._opened.done():
             self._opened.cancel()
         if self._feeder is not None:

@@ -124,6 +124,7 @@ def build_parser() -> _Parser:
     serve = _command(commands, "serve", "run the broker (gRPC server) on a data directory",
                      "  moldau serve\n"
                      "  moldau serve --listen 0.0.0.0:7654 --data-dir /var/lib/moldau\n"
+                     "  moldau serve --tcp-listen 127.0.0.1:7655\n"
                      "  moldau serve --config moldau.toml")
     serve.add_argument("--listen", metavar="HOST:PORT", help="address to bind "
                        "(default 127.0.0.1:7654; port 0 picks a free one)")
@@ -134,6 +135,9 @@ def build_parser() -> _Parser:
                        help="text lines (default) or one JSON object per line")
     serve.add_argument("--metrics-listen", metavar="HOST:PORT",
                        help="serve Prometheus metrics at http://HOST:PORT/metrics (default off)")
+    serve.add_argument("--tcp-listen", metavar="HOST:PORT",
+                       help="also serve the API over plain TCP frames, for lower latency "
+                       "(docs/tcp-port.md; default off; port 0 picks a free one)")
 
     topics = _command(commands, "topics", "create, list, describe, alter and delete topics",
                       "  moldau topics list\n  moldau topics create orders --partitions 3")
@@ -439,7 +443,8 @@ def _serve(args: argparse.Namespace) -> int:
     for flag, value in (("--listen", args.listen), ("--data-dir", args.data_dir),
                         ("--config", args.config), ("--log-level", args.log_level),
                         ("--log-format", args.log_format),
-                        ("--metrics-listen", args.metrics_listen)):
+                        ("--metrics-listen", args.metrics_listen),
+                        ("--tcp-listen", args.tcp_listen)):
         if value is not None:
             argv += [flag, value]
     return serve_main(argv)

@@ -286,7 +286,7 @@ class Producer(_ProducerCore):
                 self._check_open()
                 appended = accumulator.try_append(topic, partition, record, size)
         batch, index, wake = appended
-        if wake:
+        if wake and not self._sender.send_direct():
             self._thread.call_soon(self._sender.wake)
         assert record.timestamp is not None
         return RecordFuture(batch.completion, topic, partition, index, record.timestamp)
@@ -323,7 +323,8 @@ class Producer(_ProducerCore):
                 if batch is None:
                     raise _buffer_full(self.max_block_s, self._accumulator.buffer_memory)
             batches.append(batch)
-        self._thread.call_soon(self._sender.wake)
+        if not self._sender.send_direct():
+            self._thread.call_soon(self._sender.wake)
         return BulkFuture(batches)
 
     def flush(self, timeout: float | None = None) -> None:
