@@ -82,6 +82,8 @@ class LogSegment:
         self._bytes_since_index_entry = 0
         self._rebuild_lock = threading.Lock()
         self.needs_recovery = ""
+        #: The batch this process appended last (see find_position); None after a cut.
+        self._tail: PositionedHeader | None = None
 
     # ----------------------------------------------------------------- opening
 
@@ -214,6 +216,7 @@ class LogSegment:
         """Append one batch whose header already carries its final base offset."""
         position = self.log.append(data)
         self._index_batch(position, header)
+        self._tail = PositionedHeader(position, header)
         return position
 
     def _index_batch(self, position: int, header: BatchHeader) -> None:
@@ -245,6 +248,7 @@ class LogSegment:
 
     def truncate_to(self, position: int, next_offset: int) -> None:
         """Cut the log at a batch boundary and drop index entries past it."""
+        self._tail = None
         self.log.truncate(position)
         self.offset_index.truncate_to_offset(next_offset)
         self.time_index.truncate_to_offset(next_offset)
@@ -289,6 +293,11 @@ class LogSegment:
                 offsets that do not increase, before ``offset``. Stopping there quietly would
                 send the reader on to the next segment, past the batches it asked for.
         """
+        tail = self._tail
+        if tail is not None and tail.header.base_offset <= offset <= tail.header.last_offset:
+            # the batch this process appended last, where a consumer at the tail reads next:
+            # its header is known without a walk of header reads from the index entry
+            return tail
         for attempt in range(2):
             entry_offset, position = self.offset_index.lookup(offset)
             stale_entry, found = self._walk_to(offset, entry_offset, position)
@@ -468,6 +477,7 @@ class LogSegment:
 
     def rebuild_state_reset(self) -> None:
         """Forget what was derived from the log; recovery re-derives it batch by batch."""
+        self._tail = None
         self._bytes_since_index_entry = 0
         self.largest_timestamp = -1
         self._offset_of_largest_timestamp = self.base_offset

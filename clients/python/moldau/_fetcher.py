@@ -30,7 +30,7 @@ import grpc
 
 from moldau._feed import RequestFeed
 from moldau._runtime import open_channel
-from moldau._tcp import TcpChannel
+from moldau._tcp import TcpCall, TcpChannel
 from moldau._types import TopicPartition
 from moldau.errors import MoldauError, error_from_rpc
 from moldau.v1 import common_pb2, fetch_pb2, fetch_pb2_grpc
@@ -202,24 +202,34 @@ class Fetcher:
     async def _run(self, stream: _Stream) -> None:
         backoff = self._retry_backoff_s
         spec: common_pb2.OffsetSpec | None = None
+
+        def pushed(response: fetch_pb2.SubscribeResponse) -> None:
+            nonlocal backoff, spec
+            backoff = self._retry_backoff_s
+            if spec is not None:  # a reset resolved: the position jumps there
+                spec = None
+                self.buffer.put(
+                    Chunk(stream.tp, stream.generation, reset_to=response.next_offset)
+                )
+                stream.offset = response.next_offset
+            data = response.record_batches
+            if data:
+                stream.offset = response.next_offset
+                stream.unconsumed += len(data)
+                self.buffer.put(
+                    Chunk(stream.tp, stream.generation, data, response.high_watermark)
+                )
+
         while True:
             call = self._subscribe(stream, spec)
             try:
-                async for response in call:
-                    backoff = self._retry_backoff_s
-                    if spec is not None:  # a reset resolved: the position jumps there
-                        spec = None
-                        self.buffer.put(
-                            Chunk(stream.tp, stream.generation, reset_to=response.next_offset)
-                        )
-                        stream.offset = response.next_offset
-                    data = response.record_batches
-                    if data:
-                        stream.offset = response.next_offset
-                        stream.unconsumed += len(data)
-                        self.buffer.put(
-                            Chunk(stream.tp, stream.generation, data, response.high_watermark)
-                        )
+                if isinstance(call, TcpCall):
+                    # pushes are handled as their frames are read, not one loop turn later
+                    # in this task: the records reach the poller sooner
+                    await call.listen(pushed)
+                else:
+                    async for response in call:
+                        pushed(response)
                 return  # ended OK: only after our half-close, i.e. never while subscribed
             except asyncio.CancelledError:
                 raise

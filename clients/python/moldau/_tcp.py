@@ -260,6 +260,7 @@ class TcpCall:
         self._serialize = serialize
         self._deserialize = deserialize
         self._responses: deque[bytes] = deque()
+        self._listener: Callable[[Any], None] | None = None
         self._arrived = asyncio.Event()
         self._error: TcpRpcError | None = None
         self._done = False
@@ -362,8 +363,29 @@ class TcpCall:
         return True
 
     def deliver(self, payload: bytes) -> None:
+        listener = self._listener
+        if listener is not None:
+            try:
+                listener(self._deserialize(payload))
+            except Exception as exc:  # a response that does not parse, or a listener bug
+                self.cancel()
+                self._error = TcpRpcError(grpc.StatusCode.INTERNAL,
+                                          f"cannot handle a response: {exc!r}")
+            return
         self._responses.append(payload)
         self._arrived.set()
+
+    async def listen(self, listener: Callable[[Any], None]) -> None:
+        """Hand each response to ``listener`` as its frame is read (event loop thread), and
+        return when the call ends OK; raises its error as iteration would."""
+        self._listener = listener
+        while self._responses:
+            listener(self._deserialize(self._responses.popleft()))
+        while not self._done:
+            self._arrived.clear()
+            await self._arrived.wait()
+        if self._error is not None:
+            raise self._error
 
     def finish(self, error: TcpRpcError | None) -> None:
         if self._done:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from collections.abc import Callable
@@ -9,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine.clock import ManualClock
 from engine.errors import (
@@ -24,9 +27,9 @@ from engine.log.files import (
     RECOVERY_CHECKPOINT_FILE,
     producer_roll_snapshot_name,
 )
-from engine.log.partition_log import PartitionLog
+from engine.log.partition_log import PartitionLog, _rebased
 from engine.log.segment import LogSegment
-from engine.records.batch import decode_batches
+from engine.records.batch import BatchHeader, decode_batches
 from engine.records.errors import CorruptBatchError, InvalidBatchError
 
 from .conftest import make_batch
@@ -106,6 +109,48 @@ def test_a_read_at_the_tail_asks_the_file_only_for_the_bytes_it_holds(
     # (the index lookups read single batch headers; no ask reaches past the file's end)
     assert max(asked) == len(whole.data) < 512 * 1024
     assert len(tail.data) in asked
+    log.close()
+
+
+def test_a_read_of_the_newest_batch_reads_only_its_bytes(
+    open_log: Opener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The consumer at the tail asks for the batch just appended: its position is known, no
+    walk of header reads from the sparse index entry (one pread per batch header)."""
+    log = open_log()
+    for tag in range(6):
+        log.append(make_batch(4, tag=tag))
+    asked: list[int] = []
+    real_pread = os.pread
+
+    def spy(fd: int, size: int, position: int) -> bytes:
+        asked.append(size)
+        return real_pread(fd, size, position)
+
+    monkeypatch.setattr(os, "pread", spy)
+    newest = log.read(21, 512 * 1024)  # inside the last batch (20..23)
+    assert [r.offset for r in decode_batches(newest.data)] == [20, 21, 22, 23]
+    assert asked == [len(newest.data)]
+    asked.clear()
+    older = log.read(9, 512 * 1024)  # an older batch: found by the index walk, as before
+    assert [r.offset for r in decode_batches(older.data)][:4] == [8, 9, 10, 11]
+    assert len(asked) > 1
+    log.close()
+
+
+def test_a_newest_batch_damaged_on_disk_is_not_served_from_its_remembered_header(
+    open_log: Opener,
+) -> None:
+    log = open_log()
+    for tag in range(3):
+        log.append(make_batch(4, tag=tag))
+    path = next(log.directory.glob("*.log"))
+    data = bytearray(path.read_bytes())
+    position = len(data) - len(make_batch(4, tag=2))
+    data[position:position + 8] = (99).to_bytes(8, "big")  # base offset flipped (outside CRC)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptLogError):
+        log.read(8, 512 * 1024)
     log.close()
 
 
@@ -513,3 +558,17 @@ def test_concurrent_appends_across_rolls_do_not_deadlock(open_log: Opener) -> No
     assert log.segment_count > 10
     assert [o for o, _ in read_all(log)] == list(range(800))
     log.close()
+
+
+@given(st.tuples(*[st.integers(-(2**40), 2**40)] * 13), st.integers(0, 2**40),
+       st.integers(-1, 2**40))
+def test_the_stored_header_is_the_sent_one_rebased(
+    fields: tuple[int, ...], base_offset: int, log_append_time: int
+) -> None:
+    """_rebased builds the header field by field (speed); it must equal dataclasses.replace."""
+    header = BatchHeader(*fields)
+    expected = dataclasses.replace(header, base_offset=base_offset)
+    if log_append_time >= 0:
+        expected = dataclasses.replace(expected, max_timestamp=log_append_time,
+                                       attributes=header.attributes | 0x08)
+    assert _rebased(header, base_offset, log_append_time) == expected
