@@ -179,9 +179,11 @@ class ProduceServicer(produce_pb2_grpc.ProduceServiceServicer):
                     lane = lanes.get(key)
                     if lane is None:
                         lane = lanes[key] = AppendLane(self._runtime.executor)
-                    small = part.batch is not None and len(part.batch) <= INLINE_APPEND_BYTES
+                    inline = None
+                    if part.batch is not None and len(part.batch) <= INLINE_APPEND_BYTES:
+                        inline = functools.partial(self._store_now, broker, plan, part)
                     appends.append(lane.submit(
-                        functools.partial(self._store_part, broker, plan, part), inline=small
+                        functools.partial(self._store_part, broker, plan, part), inline=inline
                     ))
                 if len(appends) == 1:
                     future: asyncio.Future[Any] = appends[0]
@@ -268,6 +270,15 @@ class ProduceServicer(produce_pb2_grpc.ProduceServiceServicer):
         if batch is None:
             batch = _encode(part.records, plan.codec, self._runtime.config.max_batch_bytes)
         return broker.append(plan.topic, part.partition, batch)
+
+    def _store_now(
+        self, broker: Broker, plan: _Plan, part: _Part
+    ) -> tuple[PartitionLog, AppendResult] | None:
+        """Event loop: store a pre-encoded batch if that cannot block (None otherwise)."""
+        assert part.batch is not None
+        log = broker.partition(plan.topic, part.partition)
+        result = log.append_nowait(part.batch)
+        return None if result is None else (log, result)
 
     def _store_part(
         self, broker: Broker, plan: _Plan, part: _Part

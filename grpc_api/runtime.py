@@ -33,7 +33,7 @@ from engine.views.routing import ExchangeRegistry, Router
 from grpc_api.config import ServerConfig
 from grpc_api.errors import NotReadyError
 
-__all__ = ["AppendCall", "AppendLane", "DurableLog", "Runtime", "Watch"]
+__all__ = ["AppendCall", "AppendLane", "DurableLog", "InlineCall", "Runtime", "Watch"]
 
 _T = TypeVar("_T")
 
@@ -97,6 +97,8 @@ class DurableLog(Protocol):
 #: What an :class:`AppendLane` runs: store one batch without waiting for durability
 #: (``PartitionLog.append(batch, wait_durable=False)``) and say which log it went to.
 AppendCall = Callable[[], tuple[DurableLog, AppendResult]]
+#: The same append without blocking; None when it would block (see AppendLane.submit).
+InlineCall = Callable[[], tuple[DurableLog, AppendResult] | None]
 
 
 class AppendLane:
@@ -123,15 +125,19 @@ class AppendLane:
         self._closed = False
         self._last: asyncio.Future[AppendResult] | None = None
 
-    def submit(self, call: AppendCall, *, inline: bool = False) -> asyncio.Future[AppendResult]:
+    def submit(
+        self, call: AppendCall, *, inline: InlineCall | None = None
+    ) -> asyncio.Future[AppendResult]:
         """Queue ``call``; the future resolves with its result once durable, or its error.
 
-        With ``inline`` (a small batch: the caller's judgement) and the lane idle (every
-        earlier call settled, so acknowledgements stay in order), ``call`` runs here on the
-        event loop instead: a store of a few KiB costs microseconds, less than the two thread
-        wake-ups of a worker hop, which were a large share of one record's end-to-end
-        latency. Only the durability wait, when there is one (fsync
-        topics), goes to a worker; calls submitted meanwhile queue behind it as usual.
+        ``inline`` is the same append in a form that never blocks (None when it would: a
+        partition held by another writer, a segment to roll). When the lane is idle (every
+        earlier call settled, so acknowledgements stay in order) it runs here on the event
+        loop instead of ``call`` on a worker: a store of a few KiB costs microseconds, less
+        than the two thread wake-ups of a worker hop, which were a large share of one
+        record's end-to-end latency. Only the durability wait, when there is one (fsync
+        topics), goes to a worker; calls submitted meanwhile queue behind it as usual. When
+        ``inline`` declines, ``call`` runs on a worker as if it had been queued.
         """
         future: asyncio.Future[AppendResult] = self._loop.create_future()
         # futures settle in submission order: when the last one is done, all are (a drained
@@ -140,30 +146,37 @@ class AppendLane:
         self._last = future
         start = False
         with self._lock:
-            if inline and settled and not self._draining:
+            if inline is not None and settled and not self._draining:
                 self._draining = True  # the lane is ours until this call is settled
             else:
-                inline = False
+                inline = None
                 self._pending.append((call, future))
                 start = not self._draining
                 self._draining = True
-        if inline:
-            self._run_inline(call, future)
+        if inline is not None:
+            self._run_inline(call, inline, future)
         elif start:
             self._executor.submit(self._drain)
         return future
 
-    def _run_inline(self, call: AppendCall, future: asyncio.Future[AppendResult]) -> None:
+    def _run_inline(self, call: AppendCall, inline: InlineCall,
+                    future: asyncio.Future[AppendResult]) -> None:
         if self._closed:
             future.cancel()
             self._release()
             return
         try:
-            log, result = call()
+            stored = inline()
         except Exception as exc:  # delivered to the awaiting coroutine
             future.set_exception(exc)
             self._release()
             return
+        if stored is None:  # it would block: the worker path, still first in the lane
+            with self._lock:
+                self._pending.insert(0, (call, future))
+            self._executor.submit(self._drain)
+            return
+        log, result = stored
         end_offset = result.last_offset + 1
         if log.high_watermark >= end_offset:  # durable by the topic's setting already
             future.set_result(result)

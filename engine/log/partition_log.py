@@ -328,6 +328,25 @@ class PartitionLog:
             self._await_durable(result.last_offset + 1)
         return result
 
+    def append_nowait(self, batch: bytes | bytearray | memoryview) -> AppendResult | None:
+        """``append(batch, wait_durable=False)`` for a caller that must not block (the
+        broker's event loop): None, with nothing stored, when another thread holds the
+        partition or the batch would roll the segment (a roll fsyncs the old segment, which
+        on an async topic can be up to ``flush.ms`` of writes). Raises as :meth:`append`."""
+        header = validate_produce_batch(batch, self.config.max_message_bytes)
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            self._check_writable()
+            duplicate = self._producers.check(header)
+            if duplicate is not None:
+                return AppendResult(duplicate.base_offset, duplicate.last_offset, -1, True)
+            if self._roll_due(header.size, self._clock.now_ms()):
+                return None
+            return self._append_locked(bytearray(batch), header)
+        finally:
+            self._lock.release()
+
     def wait_durable(self, end_offset: int) -> None:
         """Return once every offset below ``end_offset`` is durable (and visible to readers)."""
         self._await_durable(end_offset)
@@ -377,14 +396,17 @@ class PartitionLog:
         return StorageError(f"cannot {action} {path}: {exc.strerror}", str(path), exc.errno)
 
     def _maybe_roll(self, incoming_bytes: int, now_ms: int) -> None:
+        if self._roll_due(incoming_bytes, now_ms):
+            self.roll()
+
+    def _roll_due(self, incoming_bytes: int, now_ms: int) -> bool:
         active = self._segments[-1]
         if active.size == 0:
-            return
+            return False
         too_big = active.size + incoming_bytes > self.config.segment_bytes
         too_old = now_ms - active.rolling_base_ms > self.config.segment_ms
         offsets_overflow = self._next_offset - active.base_offset > 2**31 - 2**20
-        if too_big or too_old or offsets_overflow or active.indexes_full():
-            self.roll()
+        return too_big or too_old or offsets_overflow or active.indexes_full()
 
     def roll(self) -> None:
         """Seal the active segment and start a new one at the log end offset."""

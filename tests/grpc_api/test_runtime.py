@@ -253,6 +253,12 @@ def test_closed_lane_cancels_calls_not_started(runtime: Runtime) -> None:
     assert ran == [0]
 
 
+def submit(lane: AppendLane, append: Callable[[int], Any], n: int) -> asyncio.Future[Any]:
+    """Submit ``append(n)`` with itself as the inline form (it never declines)."""
+    call = functools.partial(append, n)
+    return lane.submit(call, inline=call)
+
+
 def test_an_inline_call_on_an_idle_lane_runs_on_the_loop_and_settles_at_once(
     runtime: Runtime,
 ) -> None:
@@ -263,9 +269,9 @@ def test_an_inline_call_on_an_idle_lane_runs_on_the_loop_and_settles_at_once(
 
     async def scenario() -> tuple[bool, list[object]]:
         lane = AppendLane(runtime.executor)
-        first = lane.submit(functools.partial(append, 0), inline=True)
+        first = submit(lane, append, 0)
         settled_at_once = first.done()
-        rest = [lane.submit(functools.partial(append, n), inline=True) for n in (1, 3, 4)]
+        rest = [submit(lane, append, n) for n in (1, 3, 4)]
         return settled_at_once, await asyncio.gather(first, *rest, return_exceptions=True)
 
     settled_at_once, results = asyncio.run(scenario())
@@ -289,7 +295,7 @@ def test_an_inline_call_waits_for_durability_on_a_worker_and_later_calls_queue_b
 
     async def scenario() -> list[object]:
         lane = AppendLane(runtime.executor)
-        futures = [lane.submit(functools.partial(append, n), inline=True) for n in (0, 1, 2)]
+        futures = [submit(lane, append, n) for n in (0, 1, 2)]
         assert log.gate is not None
         log.gate.set()
         return await asyncio.gather(*futures, return_exceptions=True)
@@ -311,11 +317,11 @@ def test_a_failed_wait_of_an_inline_call_fails_it_and_the_lane_goes_on(runtime: 
 
     async def scenario() -> list[object]:
         lane = AppendLane(runtime.executor)
-        first = lane.submit(functools.partial(append, 0), inline=True)
-        second = lane.submit(functools.partial(append, 1), inline=True)
+        first = submit(lane, append, 0)
+        second = submit(lane, append, 1)
         results = await asyncio.gather(first, second, return_exceptions=True)
         log.fail = False
-        third = lane.submit(functools.partial(append, 2), inline=True)
+        third = submit(lane, append, 2)
         return [*results, await third]
 
     results = asyncio.run(scenario())
@@ -354,10 +360,30 @@ def test_an_inline_call_never_overtakes_a_group_whose_settling_is_still_queued(
         while lane._draining and time.monotonic() < deadline:
             time.sleep(0.001)  # hold the loop: the group's settling callback stays queued
         assert not big.done()
-        small = lane.submit(functools.partial(append, 1), inline=True)
+        small = submit(lane, append, 1)
         big.add_done_callback(lambda _f: settled.append(0))
         small.add_done_callback(lambda _f: settled.append(1))
         await asyncio.gather(big, small)
 
     asyncio.run(scenario())
     assert settled == [0, 1]
+
+
+def test_a_declined_inline_call_runs_on_a_worker_first_in_its_lane(runtime: Runtime) -> None:
+    """The partition was busy or due to roll: the blocking form runs on a worker, before
+    the calls queued behind it."""
+    order: list[int] = []
+    log = FakeDurableLog(durable_on_append=True)
+    append = _appender(log, order)
+
+    async def scenario() -> list[object]:
+        lane = AppendLane(runtime.executor)
+        first = lane.submit(functools.partial(append, 0), inline=lambda: None)
+        second = lane.submit(functools.partial(append, 1),
+                             inline=functools.partial(append, 1))
+        return await asyncio.gather(first, second)
+
+    results = asyncio.run(scenario())
+    assert order == [0, 1]
+    assert all(t.startswith("moldau-worker") for t in append.threads)  # type: ignore[attr-defined]
+    assert [cast(AppendResult, r).base_offset for r in results] == [0, 10]

@@ -152,3 +152,34 @@ def test_arbitrary_bytes_never_raise_in_the_client_reader(data: bytes) -> None:
         link.data_received(data)  # garbage fails the connection, it never raises
 
     asyncio.run(run())
+
+
+def test_a_push_the_listener_cannot_handle_ends_the_call_with_internal() -> None:
+    """A response that does not parse (or a listener bug) ends the call with INTERNAL, which
+    the fetcher retries, instead of escaping into the event loop."""
+
+    class NeverConnects:
+        address = "nowhere"
+        metadata = ()
+
+        async def link(self) -> None:
+            await asyncio.Event().wait()  # this test feeds the frames by hand
+
+    async def run() -> _tcp.TcpRpcError:
+        call = _tcp.TcpCall(NeverConnects(), "/m", bytes,  # type: ignore[arg-type]
+                            lambda data: data.decode("ascii"), None)
+        got: list[str] = []
+        listening = asyncio.ensure_future(call.listen(got.append))
+        await asyncio.sleep(0)
+        call.deliver(b"fine")
+        call.deliver(b"\xff not ascii")
+        try:
+            await listening
+        except _tcp.TcpRpcError as exc:
+            assert got == ["fine"]
+            return exc
+        raise AssertionError("the call should have failed")
+
+    error = asyncio.run(run())
+    assert error.code().name == "INTERNAL"
+    assert "cannot handle a response" in error.details()

@@ -185,6 +185,32 @@ def test_threads_sending_at_once_over_tcp_keep_their_order_and_lose_nothing(
         range(per_thread))
 
 
+def test_small_batches_that_roll_segments_go_through_the_worker_path(
+    tcp_server: ServerProcess,
+) -> None:
+    """Batches stored on the broker's event loop never roll a segment there (a roll fsyncs):
+    with tiny segments most sends hand over to a worker, and nothing is lost or reordered."""
+    topic = new_topic(tcp_server, 1, durability="async", **{"segment.bytes": "4096"})
+    with Producer(tcp_server.address, tcp_address=tcp_server.tcp_address,
+                  linger_ms=0) as producer:
+        # one record per batch (each acknowledged before the next is sent): ~12 per segment
+        offsets = [producer.send(topic, b"%04d" % i + b"." * 300, partition=0).result(30).offset
+                   for i in range(400)]
+    assert offsets == list(range(400))
+    with Admin(tcp_server.address) as admin:
+        admin_info = admin.describe_topic(topic)
+        segments = sum(p.segment_count for p in admin_info.partitions)
+    assert segments > 20, admin_info
+    with Consumer(tcp_server.address, tcp_address=tcp_server.tcp_address,
+                  auto_offset_reset="earliest") as consumer:
+        consumer.assign([(topic, 0)])
+        values: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while len(values) < 400 and time.monotonic() < deadline:
+            values += [(r.value or b"")[:4] for r in consumer.poll(timeout_ms=500)]
+    assert values == [b"%04d" % i for i in range(400)]
+
+
 def test_client_errors_over_tcp_are_the_grpc_errors(tcp_server: ServerProcess) -> None:
     with (Producer(tcp_server.address, tcp_address=tcp_server.tcp_address) as producer,
           pytest.raises(TopicNotFoundError, match="does not exist")):

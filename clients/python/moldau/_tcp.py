@@ -461,6 +461,10 @@ class TcpChannel:
         except OSError as exc:
             raise TcpRpcError(grpc.StatusCode.UNAVAILABLE,
                               f"cannot connect to the TCP port {self.address}: {exc}") from exc
+        if self._closed:  # closed while connecting: nobody would close this one
+            if link.transport is not None:
+                link.transport.abort()
+            raise TcpRpcError(grpc.StatusCode.CANCELLED, "the channel is closed")
         self._link = link
         return link
 
@@ -469,10 +473,15 @@ class TcpChannel:
             self._link = None
 
     async def close(self) -> None:
+        """Cancel every call and drop the connection (abort: nothing is left to flush, and a
+        TLS close would need the loop to run on after the client has stopped it)."""
         self._closed = True
+        connecting = self._connecting
+        if connecting is not None and not connecting.done():
+            connecting.cancel()
         link, self._link = self._link, None
         if link is not None:
             for call in list(link.calls.values()):
                 call.cancel()
             if link.transport is not None:
-                link.transport.close()
+                link.transport.abort()

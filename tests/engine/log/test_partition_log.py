@@ -572,3 +572,33 @@ def test_the_stored_header_is_the_sent_one_rebased(
         expected = dataclasses.replace(expected, max_timestamp=log_append_time,
                                        attributes=header.attributes | 0x08)
     assert _rebased(header, base_offset, log_append_time) == expected
+
+
+def test_append_nowait_declines_instead_of_blocking(open_log: Opener) -> None:
+    """The broker's event loop stores small batches itself only when that cannot block."""
+    log = open_log(segment_bytes=4096)
+    stored = log.append_nowait(make_batch(4, tag=0))
+    assert stored is not None
+    assert (stored.base_offset, stored.last_offset) == (0, 3)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with log._lock:
+            held.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(5)
+    assert log.append_nowait(make_batch(4, tag=1)) is None  # another writer holds it
+    release.set()
+    holder.join()
+    while log.segment_count == 1:  # fill the segment until the next batch would roll it
+        before = log.log_end_offset
+        if log.append_nowait(make_batch(4, tag=2)) is None:
+            assert log.log_end_offset == before  # declined: nothing stored
+            break
+    assert log.segment_count == 1  # the roll (and its fsync) was left to a blocking append
+    log.append(make_batch(4, tag=3))
+    assert log.segment_count == 2
+    log.close()
