@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard engine/*/*.[ch] engine/*/*/*.c clie
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m grpc_api --listen 127.0.0.1:7654 --data-dir ./moldau-data --metrics-listen 127.0.0.1:9654
+	$(PY) -m grpc_api --listen 127.0.0.1:7654 --tcp-listen 127.0.0.1:7655 --data-dir ./moldau-data --metrics-listen 127.0.0.1:9654
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

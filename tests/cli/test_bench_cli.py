@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from moldau.testing import broker
 from tests.cli.conftest import Run
 
 KEYS = {"records_per_sec", "mb_per_sec", "p50_ms", "p99_ms", "p999_ms", "max_ms"}
@@ -80,3 +81,26 @@ def test_table_output_and_usage_errors(moldau: Run) -> None:
     assert "record-size" in small.err
     missing = moldau("bench", "consume", "--topic", "no-such-bench-topic", "--records", "1")
     assert missing.code == 2
+
+
+def test_bench_over_the_tcp_port(moldau: Run) -> None:
+    """``--tcp`` sends the records over the broker's TCP port; the JSON says so."""
+    with broker(tcp=True) as running:
+        assert running.tcp_address.startswith("127.0.0.1:")
+        produced = moldau("bench", "produce", "--server", running.address, "--tcp",
+                          running.tcp_address, "--topic", "bench-tcp", "--records", "5000",
+                          "--output", "json", "--durability", "async")
+        assert produced.code == 0, produced.err
+        summary = _json(produced.out)
+        assert summary["records"] == 5000
+        assert summary["settings"]["transport"] == "tcp"  # type: ignore[index]
+        e2e = moldau("bench", "e2e", "--server", running.address, "--tcp", running.tcp_address,
+                     "--topic", "bench-tcp-e2e", "--rate", "2000", "--duration", "1",
+                     "--output", "json", "--no-progress")
+        assert e2e.code == 0, e2e.err
+        summary = _json(e2e.out)
+        assert summary["records"] >= 1500
+        assert summary["errors"] == 0
+        plain = moldau("bench", "consume", "--server", running.address, "--topic", "bench-tcp",
+                       "--records", "5000", "--output", "json")
+        assert _json(plain.out)["settings"]["transport"] == "grpc"  # type: ignore[index]

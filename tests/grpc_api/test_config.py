@@ -128,3 +128,18 @@ def test_auth_is_off_and_anonymous_allowed_on_loopback_by_default() -> None:
     assert "refusing to listen on 0.0.0.0:7654" in (exposed.exposure_problem() or "")
     assert load_config(environ={"MOLDAU_LISTEN": "0.0.0.0:7654",
                                 "MOLDAU_ALLOW_ANONYMOUS": "TRUE"}).exposure_problem() is None
+
+
+def test_tcp_listen_is_checked_and_counts_for_exposure() -> None:
+    assert ServerConfig(tcp_listen="127.0.0.1:0").listens_on_loopback
+    with pytest.raises(ConfigError, match="tcp_listen"):
+        ServerConfig(tcp_listen="nowhere")
+    exposed = ServerConfig(tcp_listen="0.0.0.0:7655")
+    assert not exposed.listens_on_loopback
+    assert not exposed.anonymous_allowed  # auto: only when both ports are on loopback
+    problem = exposed.exposure_problem()
+    assert problem is not None
+    assert "0.0.0.0:7655" in problem
+    assert ServerConfig(tcp_listen="0.0.0.0:7655", allow_anonymous="true").exposure_problem() \
+        is None
+    assert load_config(environ={"MOLDAU_TCP_LISTEN": "127.0.0.1:9"}).tcp_listen == "127.0.0.1:9"

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import re
 import selectors
 import socket
 import subprocess
@@ -46,11 +47,13 @@ _READY_PREFIX = "moldau serving on "
 
 
 class RunningBroker:
-    """A started broker: ``address`` (``127.0.0.1:PORT``) and its ``data_dir``."""
+    """A started broker: ``address`` (``127.0.0.1:PORT``) and its ``data_dir``;
+    ``tcp_address`` is its TCP port (``broker(tcp=True)``), else ""."""
 
     def __init__(self, address: str, data_dir: Path, stop: Callable[[], int],
-                 log_path: Path | None) -> None:
+                 log_path: Path | None, tcp_address: str = "") -> None:
         self.address = address
+        self.tcp_address = tcp_address
         self.data_dir = data_dir
         self._stop = stop
         self._log_path = log_path
@@ -127,8 +130,9 @@ def _start_subprocess(
             if line.startswith(_READY_PREFIX):
                 break
     address = line[len(_READY_PREFIX):].split(" ", 1)[0]
+    tcp = re.search(r"; tcp: (\S+)\)", line)
     _wait_serving(address, deadline, lambda: process.poll() is None)
-    return RunningBroker(address, data_dir, stop, log_path)
+    return RunningBroker(address, data_dir, stop, log_path, tcp.group(1) if tcp else "")
 
 
 def _free_port() -> int:
@@ -138,13 +142,15 @@ def _free_port() -> int:
         return port
 
 
-def _start_in_process(data_dir: Path, timeout_s: float) -> RunningBroker:
+def _start_in_process(data_dir: Path, timeout_s: float, tcp: bool) -> RunningBroker:
     # the server package only in-process: a subprocess broker needs only the interpreter
     from grpc_api.config import ServerConfig  # noqa: PLC0415
     from grpc_api.server import serve  # noqa: PLC0415
 
     address = f"127.0.0.1:{_free_port()}"
-    config = ServerConfig(listen=address, data_dir=str(data_dir), log_level="WARNING")
+    tcp_address = f"127.0.0.1:{_free_port()}" if tcp else ""
+    config = ServerConfig(listen=address, data_dir=str(data_dir), log_level="WARNING",
+                          tcp_listen=tcp_address)
     loop = asyncio.new_event_loop()
     stop_event: asyncio.Event | None = None
     result: list[int] = []
@@ -170,7 +176,7 @@ def _start_in_process(data_dir: Path, timeout_s: float) -> RunningBroker:
     except RuntimeError:
         stop()
         raise
-    return RunningBroker(address, data_dir, stop, None)
+    return RunningBroker(address, data_dir, stop, None, tcp_address)
 
 
 @contextlib.contextmanager
@@ -181,6 +187,7 @@ def broker(
     env: dict[str, str] | None = None,
     extra_args: list[str] | None = None,
     startup_timeout_s: float = 30.0,
+    tcp: bool = False,
 ) -> Iterator[RunningBroker]:
     """Run a broker for the duration of the ``with`` block.
 
@@ -191,6 +198,8 @@ def broker(
         env: ``MOLDAU_*`` server settings for a subprocess broker (e.g. limits).
         extra_args: More ``moldau serve`` flags for a subprocess broker.
         startup_timeout_s: How long to wait for the broker to report SERVING.
+        tcp: Also open the TCP port (``--tcp-listen`` on a free loopback port); its address
+            is ``tcp_address`` (docs/tcp-port.md).
     """
     with contextlib.ExitStack() as stack:
         if data_dir is None:
@@ -198,9 +207,10 @@ def broker(
                 prefix="moldau-test-"))) / "data"
         data_dir = Path(data_dir)
         if in_process:
-            running = _start_in_process(data_dir, startup_timeout_s)
+            running = _start_in_process(data_dir, startup_timeout_s, tcp)
         else:
-            running = _start_subprocess(data_dir, env or {}, extra_args or [], startup_timeout_s)
+            args = [*(extra_args or []), *(["--tcp-listen", "127.0.0.1:0"] if tcp else [])]
+            running = _start_subprocess(data_dir, env or {}, args, startup_timeout_s)
         try:
             yield running
         finally:
