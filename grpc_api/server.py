@@ -181,7 +181,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
         return 1
     await server.start()
     tcp = TcpPort(servers.handlers, servers.interceptors, config.max_request_bytes,
-                  tcp_ssl)
+                  tcp_ssl, config.max_in_flight_per_connection)
     tcp_port = 0
     if config.tcp_listen:
         host, wanted = parse_listen(config.tcp_listen)

@@ -11,8 +11,9 @@ interceptors (request ids, connection limit, authentication, ACLs, quotas), with
 :class:`_Context` standing in for grpc's ServicerContext. Statuses, error metadata and
 permissions are therefore the gRPC port's by construction.
 
-Memory bounds: a frame longer than ``max_request_bytes`` (plus its header) closes the
-connection; requests read but not yet taken by their call count against
+Memory bounds: a connection has at most ``max_in_flight_per_connection`` calls open (one
+more is refused with RESOURCE_EXHAUSTED); a frame longer than ``max_request_bytes`` (plus
+its header) closes the connection; requests read but not yet taken by their call count against
 ``max_request_bytes`` per connection, past which the port stops reading the socket (TCP then
 pushes back on the client), the same role HTTP/2 flow control plays on the gRPC port.
 Responses wait for the socket to drain past :data:`_WRITE_HIGH` bytes.
@@ -253,7 +254,13 @@ class _Connection(asyncio.Protocol):
             except Exception:  # protobuf's DecodeError: any malformed bytes
                 self._drop("an OPEN frame is not a TcpOpen message")
                 return
-            call = self._calls[call_id] = _Call(self, call_id)
+            call = _Call(self, call_id)
+            if len(self._calls) >= self._port.max_calls:
+                self._send_status(call, _S.RESOURCE_EXHAUSTED.value[0], (
+                    f"this connection already has {self._port.max_calls} calls open, the "
+                    "broker's max_in_flight_per_connection; finish some first"))
+                return
+            self._calls[call_id] = call
             call.task = asyncio.get_running_loop().create_task(self._run(call, opened))
         elif kind == _HALF_CLOSE:
             if call is not None:
@@ -400,11 +407,15 @@ class TcpPort:
     """The listener; :meth:`resolve` runs a method lookup through the interceptors."""
 
     def __init__(self, registry: HandlerRegistry, interceptors: Sequence[Any],
-                 max_request_bytes: int, ssl_context: ssl.SSLContext | None = None) -> None:
+                 max_request_bytes: int, ssl_context: ssl.SSLContext | None = None,
+                 max_calls: int = 1_000) -> None:
         self._registry = registry
         self._interceptors = list(interceptors)
         self._ssl = ssl_context
         self.max_frame = max_request_bytes + 5
+        #: Calls one connection may have open (``max_in_flight_per_connection``, as gRPC's
+        #: max_concurrent_streams): each is a task and a queue on the broker.
+        self.max_calls = max_calls
         self.connections: set[_Connection] = set()
         self.closing = False
         self._server: asyncio.Server | None = None

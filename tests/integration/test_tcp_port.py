@@ -396,6 +396,34 @@ def test_fuzzed_frames_never_hurt_the_broker(
         good.close()
 
 
+def test_calls_past_the_per_connection_limit_are_refused(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """Each open call is a task on the broker: a connection gets max_in_flight_per_connection
+    of them (as gRPC's max_concurrent_streams), one more is RESOURCE_EXHAUSTED."""
+    server = start_server(tmp_path / "data", env={"MOLDAU_MAX_IN_FLIGHT_PER_CONNECTION": "3"},
+                          extra_args=["--tcp-listen", "127.0.0.1:0"])
+    topic = new_topic(server)
+    raw = Raw(server.tcp_address)
+    try:
+        start = fetch_pb2.SubscribeStart(topic=topic, partition=0, offset=0, credit_bytes=1024)
+        for call_id in (1, 2, 3):  # three subscriptions that stay open
+            raw.open(call_id, SUBSCRIBE)
+            raw.send(call_id, MESSAGE, fetch_pb2.SubscribeRequest(start=start).SerializeToString())
+        raw.open(4, LIST_TOPICS)
+        status, _ = raw.status(4)
+        assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        assert "max_in_flight_per_connection" in status.message
+        raw.send(1, CANCEL)
+        assert raw.status(1)[0].code == grpc.StatusCode.CANCELLED.value[0]
+        raw.open(5, LIST_TOPICS)  # room again
+        raw.send(5, MESSAGE, b"")
+        raw.send(5, HALF_CLOSE)
+        assert raw.status(5)[0].code == 0
+    finally:
+        raw.close()
+
+
 # ---------------------------------------------------------------------------- shutdown, crash
 
 
