@@ -183,3 +183,51 @@ def test_a_push_the_listener_cannot_handle_ends_the_call_with_internal() -> None
     error = asyncio.run(run())
     assert error.code().name == "INTERNAL"
     assert "cannot handle a response" in error.details()
+
+
+def test_a_call_cancelled_while_its_open_waits_for_the_socket_is_cancelled_after_it() -> None:
+    """The OPEN frame waited on a backed-up socket when the call was cancelled: the CANCEL
+    must follow it, or the broker would keep a call (a subscription, say) nobody reads."""
+
+    class BackedUpLink:
+        def __init__(self) -> None:
+            self.calls: dict[int, Any] = {}
+            self.frames: list[int] = []
+            self.drained = asyncio.Event()
+            self.transport = self
+
+        def is_closing(self) -> bool:
+            return False
+
+        async def send(self, call_id: int, kind: int, payload: bytes = b"") -> None:
+            await self.drained.wait()
+            self.frames.append(kind)
+
+        def write(self, data: bytes) -> None:
+            self.frames.append(HEAD.unpack_from(data)[2])
+
+    link = BackedUpLink()
+
+    class Channel:
+        address = "test"
+        metadata = ()
+
+        async def link(self) -> BackedUpLink:
+            return link
+
+        def next_call_id(self) -> int:
+            return 5
+
+    async def run() -> None:
+        call = _tcp.TcpCall(Channel(), "/m", bytes, bytes, None)  # type: ignore[arg-type]
+        for _ in range(3):
+            await asyncio.sleep(0)  # _open is now waiting in send(OPEN)
+        assert call.cancel()
+        assert link.frames == []  # nothing may overtake the OPEN
+        link.drained.set()
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    asyncio.run(run())
+    assert link.frames == [0, 4]  # OPEN, then CANCEL
+    assert link.calls == {}

@@ -240,7 +240,8 @@ class Sender:
         """Under the send lock: put every drainable batch in flight and write it."""
         if stream is not self._call:
             return
-        for batch in self._accumulator.drain(time.monotonic()):
+        batches = self._accumulator.drain(time.monotonic())
+        for index, batch in enumerate(batches):
             try:
                 data = batch.encode(self._codec, self._producer_id)
             except (ValueError, TypeError) as exc:
@@ -255,7 +256,10 @@ class Sender:
             try:
                 stream.write_now(request)
             except TcpRpcError:
-                return  # the connection broke: its reader requeues everything in flight
+                # the connection broke: its reader requeues what is in flight (this batch
+                # too); the rest of the drain was never written and goes back now
+                self._accumulator.requeue(batches[index + 1:])
+                return
 
     async def _send(self, batch: PendingBatch) -> Any:
         """Write ``batch`` on the current stream (opened if needed); returns that stream."""
@@ -399,6 +403,7 @@ class Sender:
             )
 
     def _fail_all(self, error: BaseException) -> None:
-        self._in_flight.clear()
+        with self._send_lock:  # no send_direct is between putting a batch in flight and writing
+            self._in_flight.clear()
         for batch in self._accumulator.abandon_all():
             self._fail(batch, error)

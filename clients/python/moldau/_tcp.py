@@ -266,6 +266,7 @@ class TcpCall:
         self._done = False
         self._link: _Link | None = None
         self._call_id = 0
+        self._open_sent = False
         self._opened = asyncio.ensure_future(self._open())
         self._opened.add_done_callback(self._on_opened)
         self._feeder: asyncio.Task[None] | None = None
@@ -281,6 +282,9 @@ class TcpCall:
         for key, value in self._channel.metadata:
             opened.metadata.add(key=key, value=value)
         await link.send(self._call_id, _OPEN, opened.SerializeToString())
+        self._open_sent = True
+        if self._done:  # cancelled while the OPEN waited for the socket
+            self._send_cancel(link)
 
     def _on_opened(self, opened: asyncio.Future[None]) -> None:
         if opened.cancelled():
@@ -351,16 +355,23 @@ class TcpCall:
             return False
         self.finish(TcpRpcError(grpc.StatusCode.CANCELLED, "cancelled by the client"))
         link = self._link
-        if link is not None and link.calls.pop(self._call_id, None) is not None:
-            transport = link.transport
-            if transport is not None and not transport.is_closing():
-                with contextlib.suppress(TcpRpcError):
-                    link.write(_HEAD.pack(5, self._call_id, _CANCEL))
-        elif not self._opened.done():
-            self._opened.cancel()
+        if link is None:
+            self._opened.cancel()  # still connecting: nothing reached the broker
+        elif self._open_sent:
+            self._send_cancel(link)
+        # else the OPEN is being written (the socket was backed up): _open sends the CANCEL
+        # right after it, so the broker never keeps a call the client forgot
         if self._feeder is not None:
             self._feeder.cancel()
         return True
+
+    def _send_cancel(self, link: _Link) -> None:
+        if link.calls.pop(self._call_id, None) is None:
+            return
+        transport = link.transport
+        if transport is not None and not transport.is_closing():
+            with contextlib.suppress(TcpRpcError):
+                link.write(_HEAD.pack(5, self._call_id, _CANCEL))
 
     def deliver(self, payload: bytes) -> None:
         listener = self._listener
@@ -464,6 +475,7 @@ class TcpChannel:
         if self._closed:  # closed while connecting: nobody would close this one
             if link.transport is not None:
                 link.transport.abort()
+                await asyncio.sleep(0)  # connection_lost closes the write descriptor
             raise TcpRpcError(grpc.StatusCode.CANCELLED, "the channel is closed")
         self._link = link
         return link
@@ -485,3 +497,4 @@ class TcpChannel:
                 call.cancel()
             if link.transport is not None:
                 link.transport.abort()
+                await asyncio.sleep(0)  # connection_lost closes the write descriptor
