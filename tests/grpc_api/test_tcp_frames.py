@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 import struct
+import threading
 from typing import Any
 
 from hypothesis import given, settings
@@ -231,3 +233,48 @@ def test_a_call_cancelled_while_its_open_waits_for_the_socket_is_cancelled_after
     asyncio.run(run())
     assert link.frames == [0, 4]  # OPEN, then CANCEL
     assert link.calls == {}
+
+
+def test_the_client_link_backlogs_what_the_socket_does_not_take_and_flushes_it_in_order(
+) -> None:
+    """Writes from another thread into a socket nobody reads: the rest waits in the backlog,
+    the link reports itself backed up, and once the peer reads, every byte arrives in the
+    order written."""
+    ours, peer = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    chunks = [bytes([i % 251]) * 50_000 for i in range(20)]  # 1 MB, far over the buffers
+
+    class Channel:
+        address = "pair"
+
+        def link_lost(self, _link: object) -> None:
+            pass
+
+    async def run() -> tuple[bool, bool]:
+        loop = asyncio.get_running_loop()
+        _, link = await loop.create_connection(
+            lambda: _tcp._Link(Channel()), sock=ours)  # type: ignore[arg-type]
+        assert link.writes_anywhere
+        writer = threading.Thread(target=lambda: [link.write(c) for c in chunks])
+        await asyncio.to_thread(lambda: (writer.start(), writer.join()))
+        backed_up = not link.writable
+        received = bytearray()
+
+        def drain() -> None:
+            total = len(_tcp.MAGIC) + sum(map(len, chunks))
+            while len(received) < total:
+                received.extend(peer.recv(65536))
+
+        await asyncio.to_thread(drain)
+        await asyncio.wait_for(link.wait_writable(), 5)
+        assert bytes(received) == _tcp.MAGIC + b"".join(chunks)
+        flushed = link.writable
+        link.transport.close()
+        await asyncio.sleep(0.01)
+        return backed_up, flushed
+
+    backed_up, flushed = asyncio.run(run())
+    peer.close()
+    assert backed_up  # the backlog path was taken
+    assert flushed

@@ -211,6 +211,30 @@ def test_small_batches_that_roll_segments_go_through_the_worker_path(
     assert values == [b"%04d" % i for i in range(400)]
 
 
+def test_large_batches_written_faster_than_the_socket_takes_them_arrive_whole(
+    tcp_server: ServerProcess,
+) -> None:
+    """Batches of ~256 KiB, sent with linger 0 from the calling thread: the socket takes part
+    of a frame, the rest waits in the link's backlog for the loop to flush, in order."""
+    topic = new_topic(tcp_server, 1, durability="async")
+    values = [b"%06d" % i + b"x" * 2042 for i in range(3_000)]  # ~6 MB
+    with Producer(tcp_server.address, tcp_address=tcp_server.tcp_address, linger_ms=0,
+                  batch_size=256 * 1024) as producer:
+        futures = [producer.send_many(topic, values[i:i + 120], partition=0)
+                   for i in range(0, len(values), 120)]
+        for future in futures:
+            future.result(60)
+    got: list[bytes] = []
+    with Consumer(tcp_server.address, tcp_address=tcp_server.tcp_address,
+                  auto_offset_reset="earliest") as consumer:
+        consumer.assign([(topic, 0)])
+        deadline = time.monotonic() + 60
+        while len(got) < len(values) and time.monotonic() < deadline:
+            for batch in consumer.poll_batches(timeout_ms=500):
+                got += batch.values()  # type: ignore[arg-type]
+    assert got == values
+
+
 def test_client_errors_over_tcp_are_the_grpc_errors(tcp_server: ServerProcess) -> None:
     with (Producer(tcp_server.address, tcp_address=tcp_server.tcp_address) as producer,
           pytest.raises(TopicNotFoundError, match="does not exist")):
