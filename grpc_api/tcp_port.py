@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,16 +34,23 @@ from typing import Any
 import grpc
 
 from grpc_api.errors import InvalidRequestError
+from moldau._framing import (
+    CANCEL,
+    HALF_CLOSE,
+    MAGIC,
+    MESSAGE,
+    OPEN,
+    STATUS,
+    FrameSizeError,
+    frame,
+    take_frames,
+)
 from moldau.v1 import tcp_pb2
 
 __all__ = ["MAGIC", "HandlerRegistry", "TcpPort"]
 
 log = logging.getLogger(__name__)
 
-#: What a client sends first: "MOLDAU", NUL, framing version 1.
-MAGIC = b"MOLDAU\x00\x01"
-_HEAD = struct.Struct(">IIB")  # length (of call id + kind + payload), call id, kind
-_OPEN, _MESSAGE, _HALF_CLOSE, _STATUS, _CANCEL = range(5)
 _WRITE_HIGH = 1 << 20
 _END = object()
 _S = grpc.StatusCode
@@ -124,12 +130,6 @@ class _Context:
     async def write(self, message: Any) -> None:
         await self._call.send_response(message)
 
-    def time_remaining(self) -> float | None:
-        return None
-
-    def cancelled(self) -> bool:
-        return self._call.finished
-
 
 class _Call:
     """One call on a connection: its request queue and the task running its handler."""
@@ -144,7 +144,7 @@ class _Call:
 
     async def send_response(self, message: Any) -> None:
         assert self.serializer is not None
-        await self.connection.send(self.call_id, _MESSAGE, self.serializer(message))
+        await self.connection.send(self.call_id, MESSAGE, self.serializer(message))
 
     async def next_request(self) -> bytes | None:
         item = await self.requests.get()
@@ -214,30 +214,21 @@ class _Connection(asyncio.Protocol):
                 return
             del buffer[: len(MAGIC)]
             self._greeted = True
-        position = 0
-        limit = self._port.max_frame
-        head = _HEAD
-        while len(buffer) - position >= head.size:
-            length, call_id, kind = head.unpack_from(buffer, position)
-            if length > limit or length < 5:
-                self._drop(f"frame of {length} bytes (at most {limit})")
-                return
-            end = position + 4 + length
-            if len(buffer) < end:
-                break
-            payload = bytes(buffer[position + head.size:end])
-            position = end
+        try:
+            frames = take_frames(buffer, self._port.max_frame)
+        except FrameSizeError as exc:
+            self._drop(str(exc))
+            return
+        for call_id, kind, payload in frames:
             self._frame(call_id, kind, payload)
             if self.closed:
                 return
-        if position:
-            del buffer[:position]
 
     # ------------------------------------------------------------------ frames
 
     def _frame(self, call_id: int, kind: int, payload: bytes) -> None:
         call = self._calls.get(call_id)
-        if kind == _MESSAGE:
+        if kind == MESSAGE:
             if call is not None and not call.finished:
                 self._queued += len(payload)
                 call.requests.put_nowait(payload)
@@ -245,7 +236,7 @@ class _Connection(asyncio.Protocol):
                     self._reading_paused = True
                     assert self._transport is not None
                     self._transport.pause_reading()
-        elif kind == _OPEN:
+        elif kind == OPEN:
             if call is not None:
                 self._drop(f"call id {call_id} opened twice")
                 return
@@ -262,10 +253,10 @@ class _Connection(asyncio.Protocol):
                 return
             self._calls[call_id] = call
             call.task = asyncio.get_running_loop().create_task(self._run(call, opened))
-        elif kind == _HALF_CLOSE:
+        elif kind == HALF_CLOSE:
             if call is not None:
                 call.requests.put_nowait(_END)
-        elif kind == _CANCEL:
+        elif kind == CANCEL:
             if call is not None and call.task is not None:
                 call.task.cancel()
         else:
@@ -301,7 +292,7 @@ class _Connection(asyncio.Protocol):
             await self._writable.wait()
         if self.closed or self._transport is None:
             raise ConnectionResetError("the client closed the connection")
-        self._transport.write(_HEAD.pack(len(payload) + 5, call_id, kind) + payload)
+        self._transport.write(frame(call_id, kind, payload))
 
     def _send_status(self, call: _Call, code: int, message: str,
                      metadata: Sequence[tuple[str, str]] = ()) -> None:
@@ -312,7 +303,7 @@ class _Connection(asyncio.Protocol):
             if isinstance(value, str):
                 status.metadata.add(key=key, value=value)
         payload = status.SerializeToString()
-        self._transport.write(_HEAD.pack(len(payload) + 5, call.call_id, _STATUS) + payload)
+        self._transport.write(frame(call.call_id, STATUS, payload))
 
     # ------------------------------------------------------------------ calls
 

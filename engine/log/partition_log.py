@@ -318,12 +318,8 @@ class PartitionLog:
         """
         header = validate_produce_batch(batch, self.config.max_message_bytes)
         with self._lock:
-            self._check_writable()
-            duplicate = self._producers.check(header)
-            if duplicate is not None:
-                result = AppendResult(duplicate.base_offset, duplicate.last_offset, -1, True)
-            else:
-                result = self._append_locked(bytearray(batch), header)
+            result = self._append_held(batch, header, may_roll=True)
+        assert result is not None
         if wait_durable:
             self._await_durable(result.last_offset + 1)
         return result
@@ -337,15 +333,22 @@ class PartitionLog:
         if not self._lock.acquire(blocking=False):
             return None
         try:
-            self._check_writable()
-            duplicate = self._producers.check(header)
-            if duplicate is not None:
-                return AppendResult(duplicate.base_offset, duplicate.last_offset, -1, True)
-            if self._roll_due(header.size, self._clock.now_ms()):
-                return None
-            return self._append_locked(bytearray(batch), header)
+            return self._append_held(batch, header, may_roll=False)
         finally:
             self._lock.release()
+
+    def _append_held(
+        self, batch: bytes | bytearray | memoryview, header: BatchHeader, *, may_roll: bool
+    ) -> AppendResult | None:
+        """Under ``_lock``: deduplicate and store; None, storing nothing, when the batch
+        would roll the segment and ``may_roll`` is False."""
+        self._check_writable()
+        duplicate = self._producers.check(header)
+        if duplicate is not None:
+            return AppendResult(duplicate.base_offset, duplicate.last_offset, -1, True)
+        if not may_roll and self._roll_due(header.size, self._clock.now_ms()):
+            return None
+        return self._append_locked(bytearray(batch), header)
 
     def wait_durable(self, end_offset: int) -> None:
         """Return once every offset below ``end_offset`` is durable (and visible to readers)."""

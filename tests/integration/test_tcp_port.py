@@ -113,6 +113,23 @@ class Raw:
         self.sock.close()
 
 
+def list_topics_status(raw: Raw, call_id: int) -> int:
+    """Run ListTopics as call ``call_id`` on ``raw``; its status code."""
+    raw.open(call_id, LIST_TOPICS)
+    raw.send(call_id, MESSAGE, b"")
+    raw.send(call_id, HALF_CLOSE)
+    return raw.status(call_id)[0].code
+
+
+def assert_lists_topics(address: str) -> None:
+    """A fresh connection is served: the broker is unharmed."""
+    good = Raw(address)
+    try:
+        assert list_topics_status(good, 1) == 0
+    finally:
+        good.close()
+
+
 # ---------------------------------------------------------------------------- the client path
 
 
@@ -340,10 +357,7 @@ def test_bad_calls_get_a_status_and_the_connection_stays_usable(
         status, _ = raw.status(3)
         assert status.code == code.value[0], status
         assert words in status.message
-        raw.open(4, LIST_TOPICS)  # same connection, next call
-        raw.send(4, MESSAGE, b"")
-        raw.send(4, HALF_CLOSE)
-        assert raw.status(4)[0].code == 0
+        assert list_topics_status(raw, 4) == 0  # same connection, next call
     finally:
         raw.close()
 
@@ -380,14 +394,7 @@ def test_protocol_violations_close_that_connection_only(
         assert raw.closed_by_server()
     finally:
         raw.close()
-    good = Raw(tcp_server.tcp_address)
-    try:
-        good.open(1, LIST_TOPICS)
-        good.send(1, MESSAGE, b"")
-        good.send(1, HALF_CLOSE)
-        assert good.status(1)[0].code == 0
-    finally:
-        good.close()
+    assert_lists_topics(tcp_server.tcp_address)
 
 
 @settings(max_examples=60, deadline=None,
@@ -410,14 +417,7 @@ def test_fuzzed_frames_never_hurt_the_broker(
         pass
     finally:
         raw.close()
-    good = Raw(tcp_server.tcp_address)
-    try:
-        good.open(1, LIST_TOPICS)
-        good.send(1, MESSAGE, b"")
-        good.send(1, HALF_CLOSE)
-        assert good.status(1)[0].code == 0
-    finally:
-        good.close()
+    assert_lists_topics(tcp_server.tcp_address)
 
 
 def test_calls_past_the_per_connection_limit_are_refused(
@@ -440,10 +440,7 @@ def test_calls_past_the_per_connection_limit_are_refused(
         assert "max_in_flight_per_connection" in status.message
         raw.send(1, CANCEL)
         assert raw.status(1)[0].code == grpc.StatusCode.CANCELLED.value[0]
-        raw.open(5, LIST_TOPICS)  # room again
-        raw.send(5, MESSAGE, b"")
-        raw.send(5, HALF_CLOSE)
-        assert raw.status(5)[0].code == 0
+        assert list_topics_status(raw, 5) == 0  # room again
     finally:
         raw.close()
 

@@ -242,17 +242,9 @@ class Sender:
             return
         batches = self._accumulator.drain(time.monotonic())
         for index, batch in enumerate(batches):
-            try:
-                data = batch.encode(self._codec, self._producer_id)
-            except (ValueError, TypeError) as exc:
-                self._fail(batch, MoldauError(f"cannot encode the batch: {exc}"))
+            request = self._request(batch)
+            if request is None:
                 continue
-            correlation_id = next(self._correlation)
-            self._in_flight[correlation_id] = batch
-            request = produce_pb2.ProduceRequest(
-                topic=batch.topic, partition=batch.partition, record_batch=data,
-                correlation_id=correlation_id,
-            )
             try:
                 stream.write_now(request)
             except TcpRpcError:
@@ -263,28 +255,33 @@ class Sender:
 
     async def _send(self, batch: PendingBatch) -> Any:
         """Write ``batch`` on the current stream (opened if needed); returns that stream."""
+        request = self._request(batch)
         stream = self._call
-        try:
-            data = batch.encode(self._codec, self._producer_id)
-        except (ValueError, TypeError) as exc:
-            self._fail(batch, MoldauError(f"cannot encode the batch: {exc}"))
+        if request is None:
             return stream
         if stream is None:
             self._open_stream()
             stream = self._call
-        correlation_id = next(self._correlation)
-        self._in_flight[correlation_id] = batch
-        request = produce_pb2.ProduceRequest(
-            topic=batch.topic,
-            partition=batch.partition,
-            record_batch=data,
-            correlation_id=correlation_id,
-        )
         try:
             await stream.write(request)
         except Exception as exc:  # the stream ended under us; its reader has (or will) requeue
             self._stream_failed(stream, exc)
         return stream
+
+    def _request(self, batch: PendingBatch) -> produce_pb2.ProduceRequest | None:
+        """Encode ``batch`` and put it in flight under a new correlation id; None when it
+        cannot be encoded (the batch has failed)."""
+        try:
+            data = batch.encode(self._codec, self._producer_id)
+        except (ValueError, TypeError) as exc:
+            self._fail(batch, MoldauError(f"cannot encode the batch: {exc}"))
+            return None
+        correlation_id = next(self._correlation)
+        self._in_flight[correlation_id] = batch
+        return produce_pb2.ProduceRequest(
+            topic=batch.topic, partition=batch.partition, record_batch=data,
+            correlation_id=correlation_id,
+        )
 
     def _open_stream(self) -> None:
         assert self._produce is not None

@@ -18,7 +18,6 @@ import itertools
 import os
 import socket
 import ssl
-import struct
 import threading
 from collections import deque
 from collections.abc import AsyncIterable, Callable
@@ -26,14 +25,22 @@ from typing import Any
 
 import grpc
 
+from moldau._framing import (
+    CANCEL,
+    HALF_CLOSE,
+    MAGIC,
+    MESSAGE,
+    OPEN,
+    STATUS,
+    FrameSizeError,
+    frame,
+    take_frames,
+)
 from moldau._runtime import _CREDENTIALS, Credentials
 from moldau.v1 import tcp_pb2
 
 __all__ = ["MAGIC", "TcpCall", "TcpChannel", "TcpRpcError", "parse_address"]
 
-MAGIC = b"MOLDAU\x00\x01"
-_HEAD = struct.Struct(">IIB")
-_OPEN, _MESSAGE, _HALF_CLOSE, _STATUS, _CANCEL = range(5)
 _MAX_FRAME = (1 << 30) + 5  # responses: the broker bounds them by its max_fetch_bytes
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
@@ -183,26 +190,19 @@ class _Link(asyncio.Protocol):
         self._writable.set()
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        position = 0
-        head = _HEAD
-        while len(buffer) - position >= head.size:
-            length, call_id, kind = head.unpack_from(buffer, position)
-            if not 5 <= length <= _MAX_FRAME:
-                self._fail(f"the broker sent a frame of {length} bytes")
-                return
-            end = position + 4 + length
-            if len(buffer) < end:
-                break
-            payload = bytes(buffer[position + head.size:end])
-            position = end
+        self._buffer += data
+        try:
+            frames = take_frames(self._buffer, _MAX_FRAME)
+        except FrameSizeError as exc:
+            self._fail(f"the broker sent a frame of {exc.length} bytes")
+            return
+        for call_id, kind, payload in frames:
             call = self.calls.get(call_id)
             if call is None:
                 continue  # a call we cancelled and forgot
-            if kind == _MESSAGE:
+            if kind == MESSAGE:
                 call.deliver(payload)
-            elif kind == _STATUS:
+            elif kind == STATUS:
                 self.calls.pop(call_id, None)
                 try:
                     error = _status_error(payload)
@@ -213,8 +213,6 @@ class _Link(asyncio.Protocol):
                 call.finish(error)
                 if self.lost is not None:
                     return
-        if position:
-            del buffer[:position]
 
     def _fail(self, reason: str) -> None:
         if self.transport is not None:
@@ -228,7 +226,7 @@ class _Link(asyncio.Protocol):
         if self.lost is not None or self.transport is None or self.transport.is_closing():
             raise TcpRpcError(grpc.StatusCode.UNAVAILABLE,
                               f"connection to {self._channel.address} lost: {self.lost}")
-        self.write(_HEAD.pack(len(payload) + 5, call_id, kind) + payload)
+        self.write(frame(call_id, kind, payload))
 
     @property
     def writable(self) -> bool:
@@ -281,7 +279,7 @@ class TcpCall:
         opened = tcp_pb2.TcpOpen(method=self._method)
         for key, value in self._channel.metadata:
             opened.metadata.add(key=key, value=value)
-        await link.send(self._call_id, _OPEN, opened.SerializeToString())
+        await link.send(self._call_id, OPEN, opened.SerializeToString())
         self._open_sent = True
         if self._done:  # cancelled while the OPEN waited for the socket
             self._send_cancel(link)
@@ -316,7 +314,7 @@ class TcpCall:
         link = await self._ready()
         if self._done:
             raise self._error or TcpRpcError(grpc.StatusCode.CANCELLED, "the call has ended")
-        await link.send(self._call_id, _MESSAGE, self._serialize(request))
+        await link.send(self._call_id, MESSAGE, self._serialize(request))
 
     def writable_now(self) -> bool:
         """Any thread: open, on a plain connection, with nothing backed up."""
@@ -343,12 +341,12 @@ class TcpCall:
         if link is None or self._done:
             raise self._error or TcpRpcError(grpc.StatusCode.CANCELLED, "the call has ended")
         payload = self._serialize(request)
-        link.write(_HEAD.pack(len(payload) + 5, self._call_id, _MESSAGE) + payload)
+        link.write(frame(self._call_id, MESSAGE, payload))
 
     async def done_writing(self) -> None:
         link = await self._ready()
         if not self._done:
-            await link.send(self._call_id, _HALF_CLOSE)
+            await link.send(self._call_id, HALF_CLOSE)
 
     def cancel(self) -> bool:
         if self._done:
@@ -371,7 +369,7 @@ class TcpCall:
         transport = link.transport
         if transport is not None and not transport.is_closing():
             with contextlib.suppress(TcpRpcError):
-                link.write(_HEAD.pack(5, self._call_id, _CANCEL))
+                link.write(frame(self._call_id, CANCEL))
 
     def deliver(self, payload: bytes) -> None:
         listener = self._listener

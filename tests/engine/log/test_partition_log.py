@@ -86,14 +86,8 @@ def test_read_respects_max_bytes_but_always_returns_one_batch(open_log: Opener) 
     log.close()
 
 
-def test_a_read_at_the_tail_asks_the_file_only_for_the_bytes_it_holds(
-    open_log: Opener, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """os.pread allocates the size asked for before reading fewer bytes: a consumer at the
-    tail with 512 KiB of credit must not cost a 512 KiB allocation per push."""
-    log = open_log()
-    for tag in range(3):
-        log.append(make_batch(4, tag=tag))
+def pread_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, the size of every ``os.pread`` (the partition's file reads)."""
     asked: list[int] = []
     real_pread = os.pread
 
@@ -102,6 +96,18 @@ def test_a_read_at_the_tail_asks_the_file_only_for_the_bytes_it_holds(
         return real_pread(fd, size, position)
 
     monkeypatch.setattr(os, "pread", spy)
+    return asked
+
+
+def test_a_read_at_the_tail_asks_the_file_only_for_the_bytes_it_holds(
+    open_log: Opener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """os.pread allocates the size asked for before reading fewer bytes: a consumer at the
+    tail with 512 KiB of credit must not cost a 512 KiB allocation per push."""
+    log = open_log()
+    for tag in range(3):
+        log.append(make_batch(4, tag=tag))
+    asked = pread_sizes(monkeypatch)
     whole = log.read(0, 512 * 1024)
     tail = log.read(8, 512 * 1024)
     assert len(list(decode_batches(whole.data))) == 12
@@ -120,14 +126,7 @@ def test_a_read_of_the_newest_batch_reads_only_its_bytes(
     log = open_log()
     for tag in range(6):
         log.append(make_batch(4, tag=tag))
-    asked: list[int] = []
-    real_pread = os.pread
-
-    def spy(fd: int, size: int, position: int) -> bytes:
-        asked.append(size)
-        return real_pread(fd, size, position)
-
-    monkeypatch.setattr(os, "pread", spy)
+    asked = pread_sizes(monkeypatch)
     newest = log.read(21, 512 * 1024)  # inside the last batch (20..23)
     assert [r.offset for r in decode_batches(newest.data)] == [20, 21, 22, 23]
     assert asked == [len(newest.data)]
