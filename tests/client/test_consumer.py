@@ -224,3 +224,37 @@ def test_the_blocking_consumer_wakes_its_loop_only_when_a_grant_is_due(
         consumer._grant(tp, 2, 20)
         monkeypatch.undo()
     assert calls == [(tp, 1, 120), (tp, 2, 110)]
+
+
+def test_an_unexpected_fetch_failure_is_retried_not_a_silent_stop(
+    address: str, topic: str, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A fetch task that ended on an exception that is no RpcError left its partition unread
+    for good, and raised into the next seek (or rebalance) that stopped the task."""
+    fill(address, topic, 5)
+    original = _fetcher.Fetcher._subscribe
+    failures = [RuntimeError("a library bug")]
+
+    def flaky(self: _fetcher.Fetcher, *args: object) -> object:
+        if failures:
+            raise failures.pop()
+        return original(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_fetcher.Fetcher, "_subscribe", flaky)
+    tp = TopicPartition(topic, 0)
+    with caplog.at_level("WARNING", logger="moldau.consumer"), Consumer(address) as consumer:
+        consumer.assign([tp])
+        consumer.seek(tp, 0)
+        got: list[int] = []
+        deadline = time.monotonic() + 30
+        while len(got) < 5 and time.monotonic() < deadline:
+            got += [r.offset for r in consumer.poll(timeout_ms=200)]
+        assert got == [0, 1, 2, 3, 4]
+        failures.append(RuntimeError("again"))
+        consumer.seek(tp, 3)  # stops a task that already retried once: must not raise
+        later: list[int] = []
+        while len(later) < 2 and time.monotonic() < deadline:
+            later += [r.offset for r in consumer.poll(timeout_ms=200)]
+        assert later == [3, 4]
+    assert "failed unexpectedly; retrying" in caplog.text

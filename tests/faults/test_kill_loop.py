@@ -144,7 +144,8 @@ def test_kill_pause_tear_loses_nothing_acknowledged(tmp_path: Path) -> None:
         ends = log_end_offsets(server.address, TOPIC, PARTITIONS)
         deadline = time.monotonic() + 120
         while not reader.caught_up(ends):
-            assert time.monotonic() < deadline, (
+            stuck = time.monotonic() >= deadline or bool(reader.crash)
+            assert not stuck, (
                 f"{at}: the group never caught up to {ends}: positions {reader.positions}, "
                 f"poll/commit errors {reader.errors}, committed "
                 f"{committed_offsets(server.address, GROUP)}; consumer:\n  {reader.diagnose()}"

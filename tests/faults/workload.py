@@ -7,9 +7,12 @@ through kills and pauses: the clients reconnect by themselves. Every value writt
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sys
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -101,6 +104,7 @@ class GroupReader:
         self.errors = 0
         self.last_records_at = time.monotonic()
         self.positions: dict[int, int] = {}
+        self.crash = ""  # the traceback that ended the polling thread, if one did
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"group-{group}", daemon=True)
         self._logs = _RecentLogs()
@@ -113,6 +117,13 @@ class GroupReader:
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:
+            self.crash = traceback.format_exc()  # a bug: diagnose() shows it
+            raise
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
             try:
                 records = self.consumer.poll(timeout_ms=100, max_records=2_000)
@@ -172,6 +183,8 @@ class GroupReader:
                 f"unconsumed {stream.unconsumed} returned {stream.returned} task "
                 f"{'done' if task is not None and task.done() else 'running'}")
         parts.append("last client logs:\n" + "\n".join(self._logs.lines))
+        parts.append("polling thread:\n" + (self.crash or _thread_stack(self._thread)))
+        parts.append("consumer loop tasks:\n" + _task_stacks(consumer._thread.loop))
         return "\n  ".join(parts)
 
     def stop(self) -> None:
@@ -179,6 +192,24 @@ class GroupReader:
         self._thread.join(30)
         self.consumer.close()
         logging.getLogger("moldau").removeHandler(self._logs)
+
+
+def _thread_stack(thread: threading.Thread) -> str:
+    """Where ``thread`` is right now (a stall names the call it waits in)."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    return "".join(traceback.format_stack(frame)) if frame is not None else "(not running)"
+
+
+def _task_stacks(loop: asyncio.AbstractEventLoop) -> str:
+    """Every task of ``loop`` with the line it waits at (read from another thread: a
+    diagnostic snapshot, not exact)."""
+    lines = []
+    for task in list(asyncio.all_tasks(loop)):
+        where = "; ".join(
+            f"{f.f_code.co_name}:{f.f_lineno}" for f in task.get_stack(limit=6)
+        )
+        lines.append(f"    {task.get_name()}: {where}")
+    return "\n".join(lines)
 
 
 class _RecentLogs(logging.Handler):

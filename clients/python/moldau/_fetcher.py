@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -36,6 +37,8 @@ from moldau.errors import MoldauError, error_from_rpc
 from moldau.v1 import common_pb2, fetch_pb2, fetch_pb2_grpc
 
 __all__ = ["Chunk", "ChunkBuffer", "Fetcher"]
+
+log = logging.getLogger("moldau.consumer")
 
 _S = grpc.StatusCode
 _RETRIABLE = frozenset(
@@ -221,8 +224,9 @@ class Fetcher:
                 )
 
         while True:
-            call = self._subscribe(stream, spec)
+            call: Any = None
             try:
+                call = self._subscribe(stream, spec)
                 if isinstance(call, TcpCall):
                     # pushes are handled as their frames are read, not one loop turn later
                     # in this task: the records reach the poller sooner
@@ -249,8 +253,14 @@ class Fetcher:
                     # unread until the next rebalance
                     self.buffer.put(Chunk(stream.tp, stream.generation, error=error))
                     backoff = max(backoff, _FINAL_ERROR_BACKOFF_S)
+            except Exception:  # a bug, or a library error that is no RpcError
+                # retried like a broken stream: a task that ended here would leave the
+                # partition unread with nothing said, and raise into the next seek or rebalance
+                log.warning("fetching %s[%d] failed unexpectedly; retrying", stream.tp.topic,
+                            stream.tp.partition, exc_info=True)
             finally:
-                call.cancel()
+                if call is not None:
+                    call.cancel()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, max(backoff, _MAX_BACKOFF_S))
 
