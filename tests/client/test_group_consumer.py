@@ -398,3 +398,32 @@ def test_lost_membership_calls_on_lost_and_recovers(
 
 async def _lose(membership: GroupMembership) -> None:
     membership._lose("simulated")
+
+
+def test_an_unexpected_membership_failure_rejoins(
+    address: str, new_topic: Callable[..., str], group: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception that is no RpcError inside the membership stream ended its task: no more
+    heartbeats or rejoins, while the consumer kept partitions the group gave to others."""
+    topic = new_topic(2)
+    fill(address, topic, 2, 5)
+    original = GroupMembership._on_assignment
+    failures = [RuntimeError("a library bug")]
+
+    def flaky(self: GroupMembership, update: object) -> None:
+        if failures:
+            raise failures.pop()
+        original(self, update)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(GroupMembership, "_on_assignment", flaky)
+    seen: list[bytes | None] = []
+    with Consumer(address) as consumer:
+        consumer.subscribe([topic], group_id=group, auto_offset_reset="earliest")
+        poll_until([consumer], lambda: len(seen) >= 10, sink=seen)
+        assert sorted(seen) == sorted(f"{p}:{i}".encode() for p in range(2) for i in range(5))
+        session = consumer._session
+        assert session is not None
+        task = session.membership._task
+        assert task is not None
+        assert not task.done()
+    assert not failures

@@ -41,6 +41,7 @@ from moldau.errors import (
     MoldauError,
     StaleGenerationError,
     error_from_rpc,
+    error_from_status,
 )
 from moldau.v1 import groups_pb2, groups_pb2_grpc
 
@@ -242,6 +243,12 @@ class GroupMembership:
             return joined, None
         except grpc.RpcError as exc:
             return joined, error_from_rpc(exc)
+        except Exception as exc:  # a bug, or a library error that is no RpcError
+            # rejoined like a broken stream: a task that ended here would leave the member
+            # holding partitions the broker hands to others once the session times out
+            log.warning("group %s: the membership stream failed unexpectedly; joining again",
+                        self.settings.group_id, exc_info=True)
+            return joined, error_from_status(_S.UNKNOWN, f"unexpected client error: {exc!r}")
         finally:
             self._requests = None
             feed.close()
