@@ -258,3 +258,40 @@ def test_an_unexpected_fetch_failure_is_retried_not_a_silent_stop(
             later += [r.offset for r in consumer.poll(timeout_ms=200)]
         assert later == [3, 4]
     assert "failed unexpectedly; retrying" in caplog.text
+
+
+async def _swallows_one_cancel() -> None:
+    """What a fetch task awaiting a grpc.aio call's first message does: the call's
+    preparation task catches the cancellation and returns, and the awaiting task goes on."""
+
+    async def preparation() -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # grpc.aio's _prepare_rpc
+            await asyncio.sleep(60)
+
+    await asyncio.get_running_loop().create_task(preparation())
+    await asyncio.Event().wait()  # the first message, from a call that will never send one
+
+
+def test_unsubscribe_ends_a_stream_task_that_lost_its_cancel() -> None:
+    """One cancel() was lost this way during broker restarts, and the rebalance that stopped
+    the partition waited for the task forever: poll() hung with records buffered."""
+
+    async def scenario() -> tuple[bool, bool]:
+        fetcher = _fetcher.Fetcher("127.0.0.1:1", _fetcher.ChunkBuffer(), credit_bytes=400,
+                                   auto_offset_reset="earliest")
+        tp = TopicPartition("t", 0)
+        stream = fetcher._streams[tp] = _fetcher._Stream(tp, 1, 0)
+        stream.task = asyncio.get_running_loop().create_task(_swallows_one_cancel())
+        await asyncio.sleep(0.01)  # the task waits in the preparation
+        plain = asyncio.get_running_loop().create_task(_swallows_one_cancel())
+        await asyncio.sleep(0.01)
+        plain.cancel()  # what unsubscribe used to do
+        done, _ = await asyncio.wait({plain}, timeout=0.5)
+        unsubscribing = asyncio.ensure_future(fetcher.unsubscribe(tp))
+        ended, _ = await asyncio.wait({unsubscribing}, timeout=5)  # no cancel from outside
+        plain.cancel()
+        return bool(done), bool(ended) and stream.task.cancelled()
+
+    single_cancel_ended, ended = asyncio.run(scenario())
+    assert not single_cancel_ended  # the pattern really loses one cancel
+    assert ended

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import Callable
@@ -12,7 +13,7 @@ import grpc
 import pytest
 
 from moldau import AsyncConsumer, Consumer, Producer, TopicPartition
-from moldau._group import GroupMembership
+from moldau._group import GroupMembership, GroupSettings
 from moldau.errors import (
     CommitFailedError,
     GroupMembershipError,
@@ -427,3 +428,31 @@ def test_an_unexpected_membership_failure_rejoins(
         assert task is not None
         assert not task.done()
     assert not failures
+
+
+def test_closing_ends_a_membership_task_that_lost_its_cancel() -> None:
+    """The membership task awaits the Subscribe call the same way the fetch streams do; a
+    cancel lost in the call's preparation must not hang close() (or a consumer's close)."""
+
+    async def swallows_one_cancel() -> None:
+        async def preparation() -> None:
+            with contextlib.suppress(asyncio.CancelledError):  # grpc.aio's _prepare_rpc
+                await asyncio.sleep(60)
+
+        await asyncio.get_running_loop().create_task(preparation())
+        await asyncio.Event().wait()
+
+    async def scenario() -> bool:
+        channel = grpc.aio.insecure_channel("127.0.0.1:1")
+        settings = GroupSettings("g", ("t",), None, "sticky", None, 10_000, 60_000)
+        membership = GroupMembership("127.0.0.1:1", channel, settings, lambda: None,
+                                     request_timeout_s=1)
+        task = membership._task = asyncio.get_running_loop().create_task(swallows_one_cancel())
+        await asyncio.sleep(0.01)
+        closing = asyncio.ensure_future(membership.close())
+        ended, _ = await asyncio.wait({closing}, timeout=5)  # no cancel from outside
+        task.cancel()
+        await channel.close()
+        return bool(ended) and task.cancelled()
+
+    assert asyncio.run(scenario())

@@ -32,6 +32,7 @@ import grpc
 
 from moldau._eventstore_types import AppendResult, EventData
 from moldau._eventstore_wire import append_result, encode_append
+from moldau._runtime import cancel_and_wait
 from moldau.errors import (
     ClientClosedError,
     MoldauError,
@@ -210,6 +211,5 @@ class AppendPipeline:
         self._writer.cancel()
         self._call.cancel()
         for task in (self._writer, self._reader):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._fail(ClientClosedError("the event store client is closed"))

@@ -26,8 +26,8 @@ import grpc
 
 from moldau._eventstore_types import AllPosition, RecordedEvent, UpcasterRegistry
 from moldau._eventstore_wire import position_message, recorded_events
-from moldau._runtime import LoopThread
-from moldau.errors import ClientClosedError, MoldauError, error_from_rpc
+from moldau._runtime import LoopThread, cancel_and_wait
+from moldau.errors import ClientClosedError, error_from_rpc
 from moldau.v1 import eventstore_pb2
 
 __all__ = ["AsyncSubscription", "Subscription", "SubscriptionSource"]
@@ -193,9 +193,7 @@ class AsyncSubscription:
         self._closed = True
         if self._call is not None:
             self._call.cancel()
-        self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, MoldauError):
-            await self._reader
+        await cancel_and_wait(self._reader)
 
     async def __aenter__(self) -> AsyncSubscription:
         return self

@@ -19,7 +19,6 @@ Runs on one event loop (the caller's, or the sync consumer's loop thread).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 from collections import deque
@@ -30,7 +29,7 @@ from typing import Any
 import grpc
 
 from moldau._feed import RequestFeed
-from moldau._runtime import open_channel
+from moldau._runtime import cancel_and_wait, open_channel
 from moldau._tcp import TcpCall, TcpChannel
 from moldau._types import TopicPartition
 from moldau.errors import MoldauError, error_from_rpc
@@ -174,9 +173,7 @@ class Fetcher:
     async def unsubscribe(self, tp: TopicPartition) -> None:
         stream = self._streams.pop(tp, None)
         if stream is not None and stream.task is not None:
-            stream.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await stream.task
+            await cancel_and_wait(stream.task)
 
     def consumed(self, tp: TopicPartition, generation: int, size: int) -> None:
         """Give ``size`` bytes of credit back (loop thread only), in grants of at least a

@@ -24,7 +24,6 @@ thread pops from (append and popleft are atomic), and ``notify``, which must be 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -34,7 +33,7 @@ from typing import Any
 import grpc
 
 from moldau._feed import RequestFeed
-from moldau._runtime import call, connection_error
+from moldau._runtime import call, cancel_and_wait, connection_error
 from moldau._types import TopicPartition
 from moldau.errors import (
     GroupMembershipError,
@@ -351,6 +350,4 @@ class GroupMembership:
         self._leaving = True
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)

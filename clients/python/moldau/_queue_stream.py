@@ -29,7 +29,7 @@ import grpc
 from moldau._feed import RequestFeed
 from moldau._queue_types import LeaseError, Message, NackResult
 from moldau._queue_wire import messages, nack_action, nack_result
-from moldau._runtime import connection_error
+from moldau._runtime import cancel_and_wait, connection_error
 from moldau.errors import ClientClosedError, MoldauError, error_from_rpc, error_from_status
 from moldau.v1 import queues_pb2, queues_pb2_grpc
 
@@ -141,8 +141,7 @@ class ConsumeStream:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(reader), timeout_s)
         for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+            await cancel_and_wait(task)
         if self._call is not None:
             self._call.cancel()
         self._fail_all(ClientClosedError("the consume stream is closed"))

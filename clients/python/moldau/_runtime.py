@@ -35,6 +35,7 @@ __all__ = [
     "Credentials",
     "LoopThread",
     "call",
+    "cancel_and_wait",
     "open_channel",
     "resolve_server",
     "using_credentials",
@@ -170,6 +171,22 @@ def _token_interceptors(token: str) -> list[Any]:
             return await continuation(details(call_details), request_iterator)
 
     return [Unary(), UnaryStream(), StreamUnary(), StreamStream()]
+
+
+async def cancel_and_wait(task: asyncio.Future[Any], retry_s: float = 0.05) -> None:
+    """Cancel ``task`` and return once it has ended, however it ended.
+
+    One ``cancel()`` can be lost: asyncio hands a task's cancellation to the task it awaits,
+    and grpc.aio's call-preparation task catches it and returns normally, so a task awaiting
+    a call's first message resumes as if never cancelled and may then wait forever. (That
+    hung a consumer's rebalance during broker restarts.) So the cancel is repeated until it
+    takes; the first one normally does, and this returns at once.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=retry_s)
+    if not task.cancelled():
+        task.exception()  # retrieved: asyncio would log it as never retrieved
 
 
 async def call(method: Callable[..., Awaitable[_T]], request: Any, timeout_s: float | None) -> _T:

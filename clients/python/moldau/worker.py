@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 
 from moldau._queue_stream import ConsumeStream, SettleKind
 from moldau._queue_types import LeaseError, Message
-from moldau._runtime import LoopThread
+from moldau._runtime import LoopThread, cancel_and_wait
 from moldau.errors import MoldauError
 from moldau.queues import AsyncQueues
 
@@ -158,9 +158,7 @@ class _QueueRunner:
                 fetch = asyncio.create_task(stream.next_batch())
                 await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
                 if not fetch.done():
-                    fetch.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await fetch
+                    await cancel_and_wait(fetch)
                     break
                 batch = fetch.result()  # raises when the stream failed
                 if not batch:
