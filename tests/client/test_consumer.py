@@ -15,6 +15,7 @@ import moldau
 from engine.records import encode_values
 from moldau import Consumer, Producer, TopicPartition, _fetcher
 from moldau._fetcher import Chunk
+from tests.client.lost_cancel import swallows_one_cancel
 
 
 def fill(address: str, topic: str, count: int, partition: int = 0, start_ts: int = 0) -> None:
@@ -260,18 +261,6 @@ def test_an_unexpected_fetch_failure_is_retried_not_a_silent_stop(
     assert "failed unexpectedly; retrying" in caplog.text
 
 
-async def _swallows_one_cancel() -> None:
-    """What a fetch task awaiting a grpc.aio call's first message does: the call's
-    preparation task catches the cancellation and returns, and the awaiting task goes on."""
-
-    async def preparation() -> None:
-        with contextlib.suppress(asyncio.CancelledError):  # grpc.aio's _prepare_rpc
-            await asyncio.sleep(60)
-
-    await asyncio.get_running_loop().create_task(preparation())
-    await asyncio.Event().wait()  # the first message, from a call that will never send one
-
-
 def test_unsubscribe_ends_a_stream_task_that_lost_its_cancel() -> None:
     """One cancel() was lost this way during broker restarts, and the rebalance that stopped
     the partition waited for the task forever: poll() hung with records buffered."""
@@ -281,9 +270,9 @@ def test_unsubscribe_ends_a_stream_task_that_lost_its_cancel() -> None:
                                    auto_offset_reset="earliest")
         tp = TopicPartition("t", 0)
         stream = fetcher._streams[tp] = _fetcher._Stream(tp, 1, 0)
-        stream.task = asyncio.get_running_loop().create_task(_swallows_one_cancel())
+        stream.task = asyncio.get_running_loop().create_task(swallows_one_cancel())
         await asyncio.sleep(0.01)  # the task waits in the preparation
-        plain = asyncio.get_running_loop().create_task(_swallows_one_cancel())
+        plain = asyncio.get_running_loop().create_task(swallows_one_cancel())
         await asyncio.sleep(0.01)
         plain.cancel()  # what unsubscribe used to do
         done, _ = await asyncio.wait({plain}, timeout=0.5)

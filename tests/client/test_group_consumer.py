@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from moldau.errors import (
     StaleGenerationError,
     error_from_status,
 )
+from tests.client.lost_cancel import swallows_one_cancel
 
 _groups = itertools.count()
 
@@ -433,14 +433,6 @@ def test_an_unexpected_membership_failure_rejoins(
 def test_closing_ends_a_membership_task_that_lost_its_cancel() -> None:
     """The membership task awaits the Subscribe call the same way the fetch streams do; a
     cancel lost in the call's preparation must not hang close() (or a consumer's close)."""
-
-    async def swallows_one_cancel() -> None:
-        async def preparation() -> None:
-            with contextlib.suppress(asyncio.CancelledError):  # grpc.aio's _prepare_rpc
-                await asyncio.sleep(60)
-
-        await asyncio.get_running_loop().create_task(preparation())
-        await asyncio.Event().wait()
 
     async def scenario() -> bool:
         channel = grpc.aio.insecure_channel("127.0.0.1:1")
