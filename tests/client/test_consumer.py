@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import logging
 import struct
 import threading
 import time
@@ -12,6 +14,7 @@ from collections.abc import Callable
 import pytest
 
 import moldau
+import moldau.testing
 from engine.records import encode_values
 from moldau import Consumer, Producer, TopicPartition, _fetcher
 from moldau._fetcher import Chunk
@@ -284,3 +287,24 @@ def test_unsubscribe_ends_a_stream_task_that_lost_its_cancel() -> None:
     single_cancel_ended, ended = asyncio.run(scenario())
     assert not single_cancel_ended  # the pattern really loses one cancel
     assert ended
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["grpc", "tcp"])
+def test_a_broken_fetch_stream_leaves_no_task_pending(
+    caplog: pytest.LogCaptureFixture, tcp: bool
+) -> None:
+    """grpc.aio (and the TCP call) leave the task reading a failed call's request stream
+    waiting on it; the fetcher ends the stream, or each broker restart logged "Task was
+    destroyed but it is pending!" as an ERROR in the application's log once that task was
+    collected."""
+    with moldau.testing.broker(tcp=tcp) as running:
+        with moldau.Admin(running.address) as admin:
+            admin.create_topic("broken", 1, {"durability": "async"})
+        with Consumer(running.address, tcp_address=running.tcp_address or None) as consumer:
+            consumer.assign([("broken", 0)])
+            consumer.poll(timeout_ms=200)
+            running.stop()  # the stream breaks; the fetcher retries after 0.1, 0.2, 0.4 s...
+            with caplog.at_level(logging.ERROR, logger="asyncio"):
+                time.sleep(1.5)
+                gc.collect()
+    assert "Task was destroyed but it is pending" not in caplog.text

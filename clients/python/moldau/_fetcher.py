@@ -258,6 +258,10 @@ class Fetcher:
             finally:
                 if call is not None:
                     call.cancel()
+                # end the request feed: grpc.aio does not cancel the task reading it once the
+                # call has failed, and that task, waiting on the queue forever, was collected
+                # later as "Task was destroyed but it is pending!" (an ERROR in the app's log)
+                stream.credits.put_nowait(None)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, max(backoff, _MAX_BACKOFF_S))
 
