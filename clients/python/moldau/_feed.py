@@ -51,12 +51,14 @@ class RequestFeed(Generic[_M]):
         if self._idle_s is None or self._idle is None:
             item = await self._queue.get()
         else:
-            if self._getter is None:
-                self._getter = asyncio.ensure_future(self._queue.get())
-            done, _ = await asyncio.wait({self._getter}, timeout=self._idle_s())
+            getter = self._getter
+            if getter is None:
+                getter = self._getter = asyncio.ensure_future(self._queue.get())
+            done, _ = await asyncio.wait({getter}, timeout=self._idle_s())
             if not done:
                 return self._idle()
-            item, self._getter = self._getter.result(), None
+            self._getter = None
+            item = getter.result()  # CancelledError after close(): the stream has ended
         if item is None:
             raise StopAsyncIteration
         return item
