@@ -243,9 +243,9 @@ class LoopThread:
 
         async def _cancel_rest() -> None:
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # repeated cancels: a task that lost one (see cancel_and_wait) kept close()
+            # waiting its full 10 s and then raising TimeoutError
+            await asyncio.gather(*(cancel_and_wait(task) for task in tasks))
             await self.loop.shutdown_asyncgens()
 
         asyncio.run_coroutine_threadsafe(_cancel_rest(), self.loop).result(10)
