@@ -178,7 +178,9 @@ class ProduceServicer(produce_pb2_grpc.ProduceServiceServicer):
                     key = (plan.topic, part.partition)
                     lane = lanes.get(key)
                     if lane is None:
-                        lane = lanes[key] = AppendLane(self._runtime.executor)
+                        lane = lanes[key] = AppendLane(
+                            self._runtime.executor, self._runtime.loop_sync
+                        )
                     inline = None
                     if part.batch is not None and len(part.batch) <= INLINE_APPEND_BYTES:
                         inline = functools.partial(self._store_now, broker, plan, part)

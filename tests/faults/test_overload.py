@@ -591,6 +591,7 @@ class _StalledRuntime:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.executor = _NeverRuns()
+        self.loop_sync = None  # no fsync on the loop: every append goes to the executor
 
     def broker(self) -> object:
         return object()  # pre-encoded batches are planned without it

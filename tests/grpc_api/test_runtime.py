@@ -15,7 +15,7 @@ import pytest
 from engine.log.partition_log import AppendResult, PartitionLog
 from grpc_api.config import ServerConfig
 from grpc_api.errors import NotReadyError
-from grpc_api.runtime import AppendLane, Runtime
+from grpc_api.runtime import AppendLane, LoopSyncBudget, Runtime
 
 
 class FakeLog:
@@ -132,6 +132,14 @@ class FakeDurableLog:
         self.durable_on_append = durable_on_append
         self.high_watermark = 0
         self.gate: threading.Event | None = None  # when set, waits block until it is
+        self.busy = False
+
+    def sync_nowait(self, end_offset: int) -> bool:
+        """Declines while ``busy`` (another thread syncing), else waits here."""
+        if self.busy:
+            return False
+        self.wait_durable(end_offset)
+        return True
 
     def wait_durable(self, end_offset: int) -> None:
         if self.gate is not None:
@@ -387,3 +395,99 @@ def test_a_declined_inline_call_runs_on_a_worker_first_in_its_lane(runtime: Runt
     assert order == [0, 1]
     assert all(t.startswith("moldau-worker") for t in append.threads)  # type: ignore[attr-defined]
     assert [cast(AppendResult, r).base_offset for r in results] == [0, 10]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_loop_sync_budget_bounds_the_loops_share_of_fsync_time() -> None:
+    clock = FakeClock()
+    budget = LoopSyncBudget(share=0.25, clock=clock)
+    assert budget.allows(clock())
+    budget.spent(100.0, 100.0002)  # a 0.2 ms fsync: the next may start 0.6 ms after it ended
+    assert not budget.allows(100.0007)
+    assert budget.allows(100.0008 + 1e-9)
+    budget.spent(100.001, 100.004)  # one 3 ms outlier: 9 ms off, not the slow-disk backoff
+    assert not budget.allows(100.0129)
+    assert budget.allows(100.0131)
+    with pytest.raises(ValueError, match="share"):
+        LoopSyncBudget(share=0.0)
+
+
+def test_loop_sync_budget_backs_off_from_a_slow_disk_and_measures_again() -> None:
+    budget = LoopSyncBudget(share=0.5, max_s=0.001, slow_backoff_s=1.0, clock=FakeClock())
+    now = 0.0
+    for _ in range(30):  # a disk whose every fsync takes 5 ms
+        while not budget.allows(now):
+            now += 0.001
+        budget.spent(now, now + 0.005)
+        now += 0.005
+    # the loop fsynced until the average passed 1 ms, then once per backoff second
+    assert now > 20.0
+    assert not budget.allows(now + 0.5)
+    assert budget.allows(now + 1.0)
+
+
+def test_an_inline_call_fsyncs_on_the_loop_when_the_budget_allows(runtime: Runtime) -> None:
+    """An idle fsync topic's small batch: stored, fsynced and acknowledged without a hop."""
+    log = FakeDurableLog()
+    append = _appender(log, [])
+
+    async def scenario() -> tuple[bool, object]:
+        lane = AppendLane(runtime.executor, LoopSyncBudget())
+        first = submit(lane, append, 0)
+        return first.done(), await first
+
+    settled_at_once, result = asyncio.run(scenario())
+    assert settled_at_once
+    assert cast(AppendResult, result).base_offset == 0
+    assert log.waits == [10]
+    assert log.wait_threads == ["MainThread"]
+
+
+def test_an_inline_fsync_goes_to_a_worker_when_the_budget_is_spent_or_the_log_busy(
+    runtime: Runtime,
+) -> None:
+    clock = FakeClock()
+    budget = LoopSyncBudget(clock=clock)
+    budget.spent(99.0, 100.0)  # a slow loop fsync just ended: the budget says no for 1 s
+    log = FakeDurableLog()
+    append = _appender(log, [])
+
+    async def scenario() -> list[object]:
+        lane = AppendLane(runtime.executor, budget)
+        spent = await submit(lane, append, 0)
+        clock.now = 102.0  # the budget allows again, but another thread is syncing the log
+        log.busy = True
+        busy = await submit(lane, append, 1)
+        log.busy = False
+        return [spent, busy, await submit(lane, append, 2)]
+
+    results = asyncio.run(scenario())
+    assert [cast(AppendResult, r).base_offset for r in results] == [0, 10, 20]
+    assert log.waits == [10, 20, 30]
+    assert [t.startswith("moldau-worker") for t in log.wait_threads] == [True, True, False]
+
+
+def test_a_failed_loop_fsync_fails_the_inline_call_and_the_lane_goes_on(
+    runtime: Runtime,
+) -> None:
+    log = FakeDurableLog()
+    log.fail = True
+    append = _appender(log, [])
+
+    async def scenario() -> list[object]:
+        lane = AppendLane(runtime.executor, LoopSyncBudget())
+        first = await asyncio.gather(submit(lane, append, 0), return_exceptions=True)
+        log.fail = False
+        return [*first, await submit(lane, append, 1)]
+
+    results = asyncio.run(scenario())
+    assert isinstance(results[0], OSError)
+    assert cast(AppendResult, results[1]).base_offset == 10
+    assert log.wait_threads == ["MainThread", "MainThread"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,56 @@ def test_short_write_is_cut_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert log_file.size() == 3
     assert (tmp_path / "f.log").read_bytes() == b"abc"
     log_file.close()
+
+
+class GatedFile(FaultyFile):
+    """A FaultyFile whose fsync waits at ``gate`` once ``entered`` is set."""
+
+    def __init__(self, inner: LogFile, faults: FaultyIO) -> None:
+        super().__init__(inner, faults)
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def fsync(self) -> None:
+        self.entered.set()
+        assert self.gate.wait(10)
+        super().fsync()
+
+
+class GatedIO(FaultyIO):
+    def open_log(self, path: Path, *, create: bool) -> LogFile:
+        self.file = GatedFile(OsFileIO.open_log(self, path, create=create), self)
+        return self.file
+
+
+def test_sync_nowait_makes_durable_or_declines_while_another_thread_syncs(
+    tmp_path: Path,
+) -> None:
+    """The event loop's fsync: done here, or False (nothing done) when a worker is syncing."""
+    io = GatedIO()
+    log = PartitionLog.open(tmp_path / "p", TopicConfig.from_dict({}), fileio=io)
+    first = log.append(make_batch(3), wait_durable=False)
+    assert log.high_watermark == 0
+    assert log.sync_nowait(first.last_offset + 1) is True
+    assert log.high_watermark == 3
+    assert log.sync_nowait(3) is True  # durable already: no fsync needed
+
+    second = log.append(make_batch(2), wait_durable=False)
+    io.file.gate.clear()
+    io.file.entered.clear()
+    worker = threading.Thread(target=log.wait_durable, args=(second.last_offset + 1,))
+    worker.start()
+    assert io.file.entered.wait(5)  # the worker is inside its fsync, holding the sync
+    assert log.sync_nowait(second.last_offset + 1) is False
+    assert log.high_watermark == 3  # declining changed nothing
+    io.file.gate.set()
+    worker.join(5)
+    assert log.high_watermark == 5
+
+    third = log.append(make_batch(1), wait_durable=False)
+    io.fsync_errno = errno.EIO
+    with pytest.raises(LogReadOnlyError, match="read-only"):
+        log.sync_nowait(third.last_offset + 1)
+    assert log.high_watermark == 5  # never acknowledged, never visible
+    log.close()
