@@ -77,6 +77,8 @@ def configure_logging(level: str, log_format: str, stream: IO[str] | None = None
     core = logging.getLogger("grpc._cython.cygrpc")
     if not any(isinstance(f, _CancelRaceFilter) for f in core.filters):
         core.addFilter(_CancelRaceFilter())
+    if not any(isinstance(f, PeerEncodingFilter) for f in core.filters):
+        core.addFilter(PeerEncodingFilter())
 
 
 class _CancelRaceFilter(logging.Filter):
@@ -86,3 +88,27 @@ class _CancelRaceFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "ExecuteBatchError" not in record.getMessage()
+
+
+class PeerEncodingFilter(logging.Filter):
+    """Turns grpc's "Invalid encoding on b'...'" ERROR (with a traceback) into one WARNING.
+
+    grpc logs it when a client sends a method name or metadata that is not UTF-8, then decodes
+    the bytes as latin-1 and goes on: the client's mistake, not the server's, and an ERROR with a
+    traceback per bad header would let any client fill the error log. The bytes are kept,
+    shortened, as their escaped repr.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "Invalid encoding on %s" and record.levelno >= logging.ERROR:
+            args = record.args if isinstance(record.args, tuple) else ()
+            value = repr(args[0]) if args else "?"
+            if len(value) > _PEER_BYTES_SHOWN:
+                value = value[:_PEER_BYTES_SHOWN] + "..."
+            record.msg = "a client sent a method or metadata not in UTF-8 (read as latin-1): %s"
+            record.args = (value,)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+_PEER_BYTES_SHOWN = 120
