@@ -196,6 +196,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--records-per-batch", type=int, default=10)
     parser.add_argument("--warmup-batches", type=int, default=1000)
+    parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                        help="another topic config, e.g. segment.preallocate.bytes=0")
     options = parser.parse_args()
     sys.path.insert(0, str(REPO / "clients" / "python"))
     from moldau import Admin
@@ -216,7 +218,8 @@ def main() -> int:
             raise SystemExit(f"the broker did not start: {line!r}")
         address, tcp = found[0].group(1), found[1].group(1)
         with Admin(address) as admin:
-            admin.create_topic(TOPIC, 1, {"durability": options.durability})
+            configs = dict(item.split("=", 1) for item in options.config)
+            admin.create_topic(TOPIC, 1, {"durability": options.durability, **configs})
         start = multiprocessing.Event()
         consumer = multiprocessing.Process(target=consume, args=(
             address, tcp, batches * options.records_per_batch, start, work / "consumer.json"))

@@ -114,6 +114,7 @@ class Broker:
         self._last_retention = clock.monotonic()
         self._cleaner = LogCleaner(fileio, clock)
         self._last_compaction = clock.monotonic()
+        #: Damage found at open: torn tails cut and ranges quarantined (not "trimmed" zeros).
         self.recovery_events = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -173,7 +174,7 @@ class Broker:
             directory, config, fileio=self._fileio, clock=self._clock
         )
         events = partition_log.recovery.events
-        self.recovery_events += len(events)
+        self.recovery_events += sum(1 for e in events if e.kind != "trimmed")
         return partition_log
 
     def _read_metadata(self) -> dict[str, tuple[int, dict[str, str]]]:

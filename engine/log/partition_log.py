@@ -366,6 +366,7 @@ class PartitionLog:
         self._maybe_roll(stored.size, now_ms)
         segment = self._segments[-1]
         try:
+            segment.reserve(len(data))
             segment.append(data, stored)
         except OSError as exc:
             raise self._storage_error("append to", segment.log.path, exc) from exc

@@ -7,7 +7,9 @@ Passes, for each segment from the recovery checkpoint on:
 2. At the first bad byte, look ahead for a valid batch (magic 2, sane header, matching CRC,
    offsets past the last good batch).
 3. No valid batch follows and this is the last segment: a torn tail, truncated (it was never
-   acknowledged under fsync-before-ack). Otherwise the bad range is damage in the middle of the
+   acknowledged under fsync-before-ack). A tail of zeros only is "trimmed", not damage: it is
+   the space preallocated past the data (``segment.preallocate.bytes``), which every unclean
+   stop leaves behind. Otherwise the bad range is damage in the middle of the
    log: it is moved to ``quarantine/`` (never deleted, since one node has no replica to heal it
    from), the segment is rewritten without it by temp file, fsync, rename, directory fsync,
    and the walk continues with the batches that followed it.
@@ -43,7 +45,7 @@ _LENGTH = struct.Struct(">i")
 class RecoveryEvent:
     """One cut or quarantine; ``next_valid_offset`` is -1 for a torn tail."""
 
-    kind: str  # "truncated" | "quarantined"
+    kind: str  # "truncated" | "quarantined" | "trimmed" (zeros only: not damage)
     segment_base_offset: int
     position: int
     length: int
@@ -100,6 +102,18 @@ def _find_next_valid(
             index = chunk.find(b"\x02", index + 1)
         chunk_start += len(chunk)
     return None
+
+
+def _zeros_only(segment: LogSegment, start: int, end: int) -> bool:
+    position = start
+    while position < end:
+        chunk = segment.log.pread(min(_SCAN_CHUNK_BYTES, end - position), position)
+        if not chunk:
+            return True
+        if chunk.count(0) != len(chunk):
+            return False
+        position += len(chunk)
+    return True
 
 
 def _copy_range(segment: LogSegment, fileio: FileIO, target: Path, start: int, end: int) -> None:
@@ -244,6 +258,18 @@ def recover_segment(
             pending = None
         if following is None:
             following = _find_next_valid(segment, position + 1, end, next_offset, max_offset)
+        if following is None and is_last and _zeros_only(segment, position, end):
+            # space preallocated past the data (segment.preallocate.bytes), or unsynced
+            # blocks the file system left as zeros: no batch was there to lose
+            events.append(
+                RecoveryEvent("trimmed", segment.base_offset, position, end - position,
+                              next_offset - 1, -1)
+            )
+            log.info("segment %s: %d bytes of zeros after the data cut at byte %d",
+                     segment.log.path, end - position, position)
+            segment.log.truncate(position)
+            segment.log.fsync()
+            break
         if following is None and is_last:
             events.append(
                 RecoveryEvent("truncated", segment.base_offset, position, end - position,

@@ -84,6 +84,7 @@ class LogSegment:
         self.needs_recovery = ""
         #: The batch this process appended last (see find_position); None after a cut.
         self._tail: PositionedHeader | None = None
+        self._reserved_to = 0  # the log's size on disk as far as reserve() knows
 
     # ----------------------------------------------------------------- opening
 
@@ -219,6 +220,18 @@ class LogSegment:
         self._tail = PositionedHeader(position, header)
         return position
 
+    def reserve(self, incoming: int) -> None:
+        """Preallocate ``segment.preallocate.bytes`` ahead when an append of ``incoming`` bytes
+        would pass the reserved space (active segment only; :meth:`flush` gives back the
+        rest). Never past ``segment.bytes``, where the segment rolls anyway."""
+        end = self.log.size() + incoming
+        if end <= self._reserved_to:
+            return
+        chunk = self.config.segment_preallocate_bytes
+        if chunk > 0:
+            self._reserved_to = max(end, min(end + chunk, self.config.segment_bytes))
+            self.log.preallocate(self._reserved_to)
+
     def _index_batch(self, position: int, header: BatchHeader) -> None:
         if header.max_timestamp > self.largest_timestamp:
             self.largest_timestamp = header.max_timestamp
@@ -234,7 +247,10 @@ class LogSegment:
         return self.offset_index.is_full or self.time_index.is_full
 
     def flush(self) -> None:
-        """fsync the log and the indexes."""
+        """Give back the log's reserved space, then fsync the log and the indexes (before a
+        seal or a clean close: the file then ends where its data does)."""
+        self.log.trim()
+        self._reserved_to = 0
         self.log.fsync()
         self.offset_index.flush()
         self.time_index.flush()
@@ -249,6 +265,7 @@ class LogSegment:
     def truncate_to(self, position: int, next_offset: int) -> None:
         """Cut the log at a batch boundary and drop index entries past it."""
         self._tail = None
+        self._reserved_to = 0
         self.log.truncate(position)
         self.offset_index.truncate_to_offset(next_offset)
         self.time_index.truncate_to_offset(next_offset)

@@ -25,6 +25,8 @@ GOOD = [
     ("segment.bytes", "+4096", "segment_bytes", 4096),
     ("segment.ms", "1", "segment_ms", 1),
     ("segment.ms", str(INT64_MAX), "segment_ms", INT64_MAX),
+    ("segment.preallocate.bytes", "0", "segment_preallocate_bytes", 0),
+    ("segment.preallocate.bytes", str(2**31 - 1), "segment_preallocate_bytes", 2**31 - 1),
     ("segment.index.bytes", "4096", "segment_index_bytes", 4096),
     ("segment.index.bytes", str(INT32_MAX), "segment_index_bytes", INT32_MAX),
     ("index.interval.bytes", "0", "index_interval_bytes", 0),
@@ -66,6 +68,8 @@ BAD = [
     ("segment.bytes", 4096.0, "is not an integer"),
     ("segment.ms", "0", "out of range"),
     ("segment.ms", str(INT64_MAX + 1), "out of range"),
+    ("segment.preallocate.bytes", "-1", "out of range"),
+    ("segment.preallocate.bytes", str(2**31), "out of range"),
     ("segment.index.bytes", "4095", "out of range; allowed: an integer from 4096"),
     ("index.interval.bytes", "-1", "out of range"),
     ("retention.ms", "-2", "-1 means keep forever"),
@@ -128,6 +132,7 @@ def test_defaults() -> None:
         "segment.bytes": str(GiB),
         "segment.index.bytes": str(10 * MiB),
         "segment.ms": str(7 * DAY_MS),
+        "segment.preallocate.bytes": str(MiB),
     }
     assert TopicConfig.from_dict({}) == DEFAULTS
 

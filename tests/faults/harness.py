@@ -190,3 +190,10 @@ def batch_spans(path: Path) -> list[tuple[int, int, int, int]]:
         spans.append((position, end, base_offset, base_offset + delta))
         position = end
     return spans
+
+
+def data_end(path: Path) -> int:
+    """Where the batches of a segment file end: its size, less the space preallocated past
+    them (``segment.preallocate.bytes``) that a crash leaves as zeros."""
+    spans = batch_spans(path)
+    return spans[-1][1] if spans else 0

@@ -72,7 +72,9 @@ def _tear(partition_dir: Path, observed_end: int, rng: random.Random) -> tuple[i
     """Damage the unobserved tail of the active segment; (bytes changed, left a partial batch)."""
     path = active_segment(partition_dir)
     spans = batch_spans(path)
-    size = path.stat().st_size
+    size = spans[-1][1] if spans else 0
+    with path.open("r+b") as f:  # without the zeros preallocation reserved past the data
+        f.truncate(size)
     keep = 0  # byte position past the last batch holding an observed offset
     for _, end, _, last_offset in spans:
         if last_offset < observed_end:

@@ -39,6 +39,7 @@ from engine.records.record import NewRecord
 from grpc_api.errors import ERROR_METADATA_KEY
 from grpc_api.testing import ServerProcess
 from moldau.v1 import admin_pb2, fetch_pb2, produce_pb2
+from tests.faults.harness import data_end
 from tests.integration.support import LIMITS, Stubs, make_stubs
 
 S = grpc.StatusCode
@@ -275,7 +276,7 @@ def test_a_producer_id_without_a_sequence_is_refused_not_taken_for_a_duplicate(
 
 
 def _segment_bytes(data_dir: Path, topic: str) -> int:
-    return sum(path.stat().st_size for path in (data_dir / f"{topic}-0").glob("*.log"))
+    return sum(data_end(path) for path in (data_dir / f"{topic}-0").glob("*.log"))
 
 
 def _wait_for_bytes(data_dir: Path, topic: str, size: int, server: ServerProcess) -> None:

@@ -61,6 +61,12 @@ class _TrackedLogFile:
         state = self._fs.state(self.path)
         state.durable_size = min(state.durable_size, size)
 
+    def preallocate(self, size: int) -> None:
+        self._inner.preallocate(size)
+
+    def trim(self) -> None:
+        self._inner.trim()
+
     def close(self) -> None:
         self._inner.close()
 

@@ -362,6 +362,12 @@ class _FaultyLog:
     def truncate(self, size: int) -> None:
         self._inner.truncate(size)
 
+    def preallocate(self, size: int) -> None:
+        self._inner.preallocate(size)
+
+    def trim(self) -> None:
+        self._inner.trim()
+
     def close(self) -> None:
         self._inner.close()
 

@@ -44,6 +44,12 @@ class FaultyFile:
     def truncate(self, size: int) -> None:
         self._inner.truncate(size)
 
+    def preallocate(self, size: int) -> None:
+        self._inner.preallocate(size)
+
+    def trim(self) -> None:
+        self._inner.trim()
+
     def close(self) -> None:
         self._inner.close()
 

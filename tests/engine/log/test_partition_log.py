@@ -145,7 +145,7 @@ def test_a_newest_batch_damaged_on_disk_is_not_served_from_its_remembered_header
         log.append(make_batch(4, tag=tag))
     path = next(log.directory.glob("*.log"))
     data = bytearray(path.read_bytes())
-    position = len(data) - len(make_batch(4, tag=2))
+    position = log.segments()[-1].size - len(make_batch(4, tag=2))
     data[position:position + 8] = (99).to_bytes(8, "big")  # base offset flipped (outside CRC)
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptLogError):
@@ -194,7 +194,8 @@ def test_unclean_reopen_recovers_everything_fsynced(open_log: Opener) -> None:
     log.abandon()
     reopened = open_log(segment_bytes=4096)
     assert not reopened.recovery.clean
-    assert reopened.recovery.events == []
+    # nothing damaged: at most the active segment's preallocated zeros were trimmed
+    assert {e.kind for e in reopened.recovery.events} <= {"trimmed"}
     assert read_all(reopened) == before
     reopened.close()
 
@@ -204,7 +205,7 @@ def test_torn_tail_is_truncated(open_log: Opener, tmp_path: Path) -> None:
     for tag in range(3):
         log.append(make_batch(5, tag=tag))
     path = log.segments()[-1].log.path
-    size = path.stat().st_size
+    size = log.segments()[-1].size  # the file may be longer: preallocated zeros
     log.abandon()
     with open(path, "r+b") as f:
         f.truncate(size - 7)
@@ -227,7 +228,7 @@ def test_damage_in_the_middle_is_quarantined_not_deleted(open_log: Opener) -> No
         f.seek(batch_size * 2 + 70)  # inside the third batch's records
         f.write(b"\xff\xff\xff")
     reopened = open_log()
-    events = reopened.recovery.events
+    events = [e for e in reopened.recovery.events if e.kind != "trimmed"]
     assert [e.kind for e in events] == ["quarantined"]
     assert events[0].length == batch_size
     assert Path(events[0].quarantine_file).stat().st_size == batch_size
@@ -600,4 +601,109 @@ def test_append_nowait_declines_instead_of_blocking(open_log: Opener) -> None:
     assert log.segment_count == 1  # the roll (and its fsync) was left to a blocking append
     log.append(make_batch(4, tag=3))
     assert log.segment_count == 2
+    log.close()
+
+
+# ------------------------------------------------------------------ preallocation
+
+
+def _on_disk(log: PartitionLog) -> list[tuple[int, int]]:
+    """(file size, data size) of each segment."""
+    return [(s.log.path.stat().st_size, s.size) for s in log.segments()]
+
+
+def test_preallocation_reserves_space_ahead_and_a_clean_close_gives_it_back(
+    open_log: Opener,
+) -> None:
+    log = open_log(segment_bytes=64 * 1024, segment_preallocate_bytes=16 * 1024)
+    log.append(make_batch(3))
+    [(file_size, data_size)] = _on_disk(log)
+    assert file_size == data_size + 16 * 1024  # appends below it do not grow the file
+    for tag in range(60):
+        log.append(make_batch(3, tag=tag))
+    [(file_size, data_size)] = _on_disk(log)
+    assert data_size < file_size <= 64 * 1024  # never past segment.bytes
+    before = read_all(log)
+    path = log.segments()[-1].log.path
+    log.close()
+    assert path.stat().st_size == data_size
+    reopened = open_log(segment_bytes=64 * 1024, segment_preallocate_bytes=16 * 1024)
+    assert reopened.recovery.clean
+    assert reopened.recovery.events == []
+    assert read_all(reopened) == before
+    reopened.close()
+
+
+def test_a_roll_gives_back_the_sealed_segments_reserved_space(open_log: Opener) -> None:
+    log = open_log(segment_bytes=4096)
+    for tag in range(40):
+        log.append(make_batch(5, tag=tag))
+    on_disk = _on_disk(log)
+    assert len(on_disk) > 3
+    assert all(file_size == data_size for file_size, data_size in on_disk[:-1])
+    assert on_disk[-1][0] > on_disk[-1][1]  # the active segment keeps its reserve
+    log.close()
+
+
+def test_preallocation_off_keeps_files_at_their_data(open_log: Opener) -> None:
+    log = open_log(segment_preallocate_bytes=0)
+    log.append(make_batch(3))
+    assert [f == d for f, d in _on_disk(log)] == [True]
+    log.close()
+
+
+def test_recovery_trims_the_reserved_zeros_an_unclean_stop_leaves(open_log: Opener) -> None:
+    log = open_log()
+    for tag in range(3):
+        log.append(make_batch(5, tag=tag))
+    [(file_size, data_size)] = _on_disk(log)
+    assert file_size > data_size
+    before = read_all(log)
+    log.abandon()
+    reopened = open_log()
+    events = reopened.recovery.events
+    assert [(e.kind, e.position, e.length, e.last_valid_offset) for e in events] == [
+        ("trimmed", data_size, file_size - data_size, 14)
+    ]
+    assert reopened.segments()[-1].log.path.stat().st_size == data_size
+    assert read_all(reopened) == before
+    assert reopened.append(make_batch(2)).base_offset == 15
+    reopened.close()
+
+
+def test_a_torn_batch_inside_the_reserved_space_is_truncated_with_the_zeros(
+    open_log: Opener,
+) -> None:
+    """A crash in the middle of a write leaves part of a batch, then zeros: damage."""
+    log = open_log()
+    for tag in range(3):
+        log.append(make_batch(5, tag=tag))
+    [(file_size, data_size)] = _on_disk(log)
+    path = log.segments()[-1].log.path
+    log.abandon()
+    with open(path, "r+b") as f:
+        f.seek(data_size)
+        f.write(make_batch(5, tag=9)[:40])
+    reopened = open_log()
+    assert [(e.kind, e.position, e.length) for e in reopened.recovery.events] == [
+        ("truncated", data_size, file_size - data_size)
+    ]
+    assert reopened.log_end_offset == 15
+    reopened.close()
+
+
+def test_a_failed_preallocation_leaves_appends_working(
+    open_log: Opener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No space to reserve (or a file system that cannot): the append goes on unreserved."""
+
+    def no_space(fd: int, offset: int, length: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    log = open_log()
+    log.append(make_batch(3))
+    log.append(make_batch(2))
+    assert [f == d for f, d in _on_disk(log)] == [True]
+    assert [o for o, _ in read_all(log)] == list(range(5))
     log.close()
