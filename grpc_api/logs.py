@@ -111,4 +111,5 @@ class PeerEncodingFilter(logging.Filter):
             record.exc_info, record.exc_text = None, None
         return True
 
+
 _PEER_BYTES_SHOWN = 120
