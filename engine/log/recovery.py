@@ -256,11 +256,11 @@ def recover_segment(
             else:
                 segment.index_recovered_batch(pending.position, pending.header)
             pending = None
-        if following is None:
-            following = _find_next_valid(segment, position + 1, end, next_offset, max_offset)
         if following is None and is_last and _zeros_only(segment, position, end):
             # space preallocated past the data (segment.preallocate.bytes), or unsynced
-            # blocks the file system left as zeros: no batch was there to lose
+            # blocks the file system left as zeros: no batch was there to lose. Checked before
+            # the look-ahead, which could find nothing in zeros: every unclean start has this
+            # tail, and it is read once instead of twice.
             events.append(
                 RecoveryEvent("trimmed", segment.base_offset, position, end - position,
                               next_offset - 1, -1)
@@ -270,6 +270,8 @@ def recover_segment(
             segment.log.truncate(position)
             segment.log.fsync()
             break
+        if following is None:
+            following = _find_next_valid(segment, position + 1, end, next_offset, max_offset)
         if following is None and is_last:
             events.append(
                 RecoveryEvent("truncated", segment.base_offset, position, end - position,

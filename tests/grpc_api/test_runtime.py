@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import pytest
 
+from engine.clock import ManualClock
 from engine.log.partition_log import AppendResult, PartitionLog
 from grpc_api.config import ServerConfig
 from grpc_api.errors import NotReadyError
@@ -397,18 +398,10 @@ def test_a_declined_inline_call_runs_on_a_worker_first_in_its_lane(runtime: Runt
     assert [cast(AppendResult, r).base_offset for r in results] == [0, 10]
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_loop_sync_budget_bounds_the_loops_share_of_fsync_time() -> None:
-    clock = FakeClock()
-    budget = LoopSyncBudget(share=0.25, clock=clock)
-    assert budget.allows(clock())
+    clock = ManualClock(monotonic=100.0)
+    budget = LoopSyncBudget(share=0.25, clock=clock.monotonic)
+    assert budget.allows(clock.monotonic())
     budget.spent(100.0, 100.0002)  # a 0.2 ms fsync: the next may start 0.6 ms after it ended
     assert not budget.allows(100.0007)
     assert budget.allows(100.0008 + 1e-9)
@@ -420,7 +413,7 @@ def test_loop_sync_budget_bounds_the_loops_share_of_fsync_time() -> None:
 
 
 def test_loop_sync_budget_backs_off_from_a_slow_disk_and_measures_again() -> None:
-    budget = LoopSyncBudget(share=0.5, max_s=0.001, slow_backoff_s=1.0, clock=FakeClock())
+    budget = LoopSyncBudget(share=0.5, max_s=0.001, slow_backoff_s=1.0)  # times passed in
     now = 0.0
     for _ in range(30):  # a disk whose every fsync takes 5 ms
         while not budget.allows(now):
@@ -453,8 +446,8 @@ def test_an_inline_call_fsyncs_on_the_loop_when_the_budget_allows(runtime: Runti
 def test_an_inline_fsync_goes_to_a_worker_when_the_budget_is_spent_or_the_log_busy(
     runtime: Runtime,
 ) -> None:
-    clock = FakeClock()
-    budget = LoopSyncBudget(clock=clock)
+    clock = ManualClock(monotonic=100.0)
+    budget = LoopSyncBudget(clock=clock.monotonic)
     budget.spent(99.0, 100.0)  # a slow loop fsync just ended: the budget says no for 1 s
     log = FakeDurableLog()
     append = _appender(log, [])
@@ -462,7 +455,7 @@ def test_an_inline_fsync_goes_to_a_worker_when_the_budget_is_spent_or_the_log_bu
     async def scenario() -> list[object]:
         lane = AppendLane(runtime.executor, budget)
         spent = await submit(lane, append, 0)
-        clock.now = 102.0  # the budget allows again, but another thread is syncing the log
+        clock.advance(2000)  # 102 s: the budget allows, but another thread syncs the log
         log.busy = True
         busy = await submit(lane, append, 1)
         log.busy = False
