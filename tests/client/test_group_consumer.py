@@ -11,7 +11,7 @@ from typing import Literal
 import grpc
 import pytest
 
-from moldau import AsyncConsumer, Consumer, Producer, TopicPartition
+from moldau import AsyncConsumer, Consumer, Producer, TopicPartition, _runtime
 from moldau._group import GroupMembership, GroupSettings
 from moldau.errors import (
     CommitFailedError,
@@ -448,3 +448,42 @@ def test_closing_ends_a_membership_task_that_lost_its_cancel() -> None:
         return bool(ended) and task.cancelled()
 
     assert asyncio.run(scenario())
+
+
+def test_membership_holds_while_the_application_is_busy(
+    address: str, new_topic: Callable[..., str], group: str
+) -> None:
+    """The blocking consumer lends its loop to poll() and leaves it parked while the
+    application is busy: the membership (its open stream is the heartbeat) must hold through a
+    pause of several sessions, and what was produced meanwhile arrives at the next poll."""
+    topic = new_topic(2)
+    fill(address, topic, 2, 5)
+    lost: list[list[TopicPartition]] = []
+    revoked: list[list[TopicPartition]] = []
+    with Consumer(address) as consumer:
+        consumer.subscribe(
+            [topic],
+            group_id=group,
+            auto_offset_reset="earliest",
+            session_timeout_ms=1_000,
+            on_lost=lost.append,
+            on_revoke=revoked.append,
+        )
+        seen: list[bytes | None] = []
+        poll_until([consumer], lambda: len(seen) >= 10, sink=seen)
+        session = consumer._session
+        assert session is not None
+        generation = session.generation
+        for _ in range(40):  # empty polls until the loop is lent to this thread (a commit
+            # spawned by auto-commit takes it back for a moment)
+            assert consumer.poll(timeout_ms=50) == []
+            if consumer._thread._mode == _runtime._PARKED:
+                break
+        assert consumer._thread._mode == _runtime._PARKED
+        time.sleep(2.5)  # the application busy for 2.5 sessions, not polling
+        fill(address, topic, 2, 1)
+        poll_until([consumer], lambda: len(seen) >= 12, sink=seen)
+        assert lost == []
+        assert revoked == []
+        assert session.generation == generation
+        assert consumer.assignment() == tps(topic, 2)

@@ -94,6 +94,10 @@ class ChunkBuffer:
             self.interrupted = False
             return bool(self.chunks)
 
+    def pending(self) -> bool:
+        """Whether :meth:`wait` would return at once (a chunk or an interrupt)."""
+        return bool(self.chunks) or self.interrupted
+
     def take_interrupt(self) -> bool:
         """Whether :meth:`interrupt` was called since the last wait (and clear it)."""
         with self.ready:

@@ -95,10 +95,7 @@ def run_steps(thread: LoopThread, steps: Steps[_T]) -> _T:
             return result
         value, error = None, None
         try:
-            if isinstance(step, Spawn):
-                value = asyncio.run_coroutine_threadsafe(step.coroutine, thread.loop)
-            else:
-                value = thread.run(step)
+            value = thread.spawn(step.coroutine) if isinstance(step, Spawn) else thread.run(step)
         except Exception as exc:  # handed to the generator, which decides
             error = exc
 

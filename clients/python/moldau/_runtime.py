@@ -9,10 +9,12 @@ outlives the object that started it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import contextvars
 import os
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -45,6 +47,12 @@ DEFAULT_SERVER = "127.0.0.1:7654"
 """Where ``moldau serve`` listens by default; ``MOLDAU_SERVER`` overrides it."""
 
 _T = TypeVar("_T")
+
+# who runs a LoopThread's loop: its own thread, no one (parked), or a caller (borrowed)
+_RUNNING, _PARKED, _BORROWED = range(3)
+#: How long a lent loop may go unrun (its borrower busy between waits) before the loop thread
+#: takes it back: the longest a timer or heartbeat is late while the application is busy.
+_LEND_IDLE_S = 0.05
 
 _CHANNEL_OPTIONS = [
     # fetches and pushes carry up to the server's max_fetch_bytes (16 MiB by default)
@@ -200,46 +208,216 @@ async def call(method: Callable[..., Awaitable[_T]], request: Any, timeout_s: fl
 class LoopThread:
     """An event loop in a daemon thread, for the sync clients.
 
-    Thread-safety: :meth:`run` and :meth:`call_soon` may be called from any thread; the loop's
-    own state is touched only on its thread.
+    With ``lend=True`` the loop can also be *lent* to a caller that would otherwise block
+    waiting on it (:meth:`wait`): the caller runs the loop itself until what it waits for
+    has happened, so a pushed record reaches it without a thread hand-off (a wake-up of
+    40-80 µs at p50 on a small VM, and up to 0.2 ms at p99). The loop thread parks while
+    the loop is lent, and takes it back when work is queued for it from outside a wait
+    (:meth:`call_soon`, :meth:`spawn`, :meth:`run` while another thread holds it), when
+    anyone waits the old way, on :meth:`close`, or once the loop has been left unrun for
+    ``_LEND_IDLE_S`` (the application busy between polls: timers and heartbeats still run).
+
+    At any time exactly one thread runs the loop, or none while it is parked and not lent
+    out; ``_state`` guards that. Thread-safety: :meth:`run`, :meth:`call_soon`,
+    :meth:`spawn` and :meth:`wait` may be called from any thread.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, lend: bool = False) -> None:
         self.loop = asyncio.new_event_loop()
+        self._lend = lend
+        self._state = threading.Condition(threading.Lock())
+        self._mode = _RUNNING
+        self._borrower: int | None = None  # thread ident while _BORROWED
+        self._want_park = False  # park once nobody waits the old way
+        self._waiters = 0  # threads waiting the old way (on the loop thread's work)
+        self._demand = False  # work was queued while the loop was not run by its thread
+        self._stopping = False
+        self._returned = 0.0  # monotonic time the last borrower gave the loop back
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._closed = False
         self._thread.start()
 
     def _main(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
+        state = self._state
+        while True:
+            self.loop.run_forever()
+            with state:
+                if self._stopping:
+                    return
+                if not self._want_park or self._waiters:
+                    continue  # stopped by a _park that a new waiter overtook
+                self._want_park = False
+                self._mode = _PARKED
+                self._returned = time.monotonic()
+                while True:
+                    if self._mode == _PARKED:
+                        idle = time.monotonic() - self._returned
+                        if self._demand or self._waiters or idle >= _LEND_IDLE_S:
+                            break
+                        state.wait(_LEND_IDLE_S - idle)
+                    else:  # lent: its borrower notifies when it returns with work queued
+                        state.wait(_LEND_IDLE_S)
+                self._mode = _RUNNING
+                self._demand = False
+                state.notify_all()
+
+    def _park(self) -> None:
+        """Stop the loop so that its thread parks (on the loop, when it runs it)."""
+        with self._state:
+            if (self._mode == _RUNNING and self._want_park and not self._waiters
+                    and not self._stopping):
+                self.loop.stop()
+
+    def _borrow(self) -> bool:
+        """Take the parked loop for the calling thread (under ``_state``)."""
+        if self._mode != _PARKED or self._demand or self._closed:
+            if self._lend and self._mode == _RUNNING and not self._closed:
+                self._want_park = True  # lend it next time: _park runs once no one waits
+            return False
+        self._mode = _BORROWED
+        self._borrower = threading.get_ident()
+        return True
+
+    def _give_back(self) -> None:
+        with self._state:
+            self._mode = _PARKED
+            self._borrower = None
+            self._returned = time.monotonic()
+            if self._demand or self._waiters:
+                self._state.notify_all()
+
+    def _unwait(self) -> None:
+        with self._state:
+            self._waiters -= 1
+            park = self._waiters == 0 and self._want_park and self._mode == _RUNNING
+        if park:  # no _queued(): _park is moot once the loop is parked (and often it is by then)
+            with contextlib.suppress(RuntimeError):  # closed
+                self.loop.call_soon_threadsafe(self._park)
+
+    def _run_here(self, done: Callable[[], bool], timeout_s: float | None) -> None:
+        """Run the borrowed loop in this thread until ``done()`` or the timeout."""
+        loop = self.loop
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not done():
+            timer = None
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                timer = loop.call_later(remaining, loop.stop)
+            try:
+                loop.run_forever()
+            finally:
+                if timer is not None:
+                    timer.cancel()
+
+    def wake(self) -> None:
+        """End a borrower's :meth:`wait` early so it checks ``done()`` again (any thread)."""
+        borrower = self._borrower
+        if borrower is None:
+            return
+        if borrower == threading.get_ident():
+            if self.loop.is_running():
+                self.loop.stop()
+        else:  # no _queued(): left over after the borrower returns, it stops nothing
+            with contextlib.suppress(RuntimeError):  # closed
+                self.loop.call_soon_threadsafe(self._stop_borrowed)
+
+    def _stop_borrowed(self) -> None:
+        if self._mode == _BORROWED:
+            self.loop.stop()
+
+    def wait(
+        self, done: Callable[[], bool], timeout_s: float, block: Callable[[float], object]
+    ) -> None:
+        """Wait until ``done()`` or ``timeout_s`` passes, running the loop here if it is lent.
+
+        Otherwise ``block(timeout_s)`` waits the old way, on a condition the loop's callbacks
+        signal. Whatever makes ``done()`` true, a callback on the loop or another thread, must
+        then call :meth:`wake`: a borrowed loop runs until it is stopped.
+        """
+        with self._state:
+            borrowed = self._borrow()
+            if not borrowed:
+                self._waiters += 1
+        if not borrowed:
+            try:
+                block(timeout_s)
+            finally:
+                self._unwait()
+            return
+        try:
+            self._run_here(done, timeout_s)
+        finally:
+            self._give_back()
 
     def run(self, coroutine: Coroutine[Any, Any, _T], timeout_s: float | None = None) -> _T:
         """Run ``coroutine`` on the loop and wait for its result in the calling thread."""
         if self._closed:
             coroutine.close()
             raise ClientClosedError("the client is closed")
-        if threading.current_thread() is self._thread:
+        me = threading.get_ident()
+        if me == self._thread.ident or (me == self._borrower and self.loop.is_running()):
             coroutine.close()
             raise RuntimeError("a sync client was called from its own loop thread")
+        with self._state:
+            borrowed = self._borrow()
+            if not borrowed:
+                self._waiters += 1
+                if self._mode == _BORROWED:
+                    self._demand = True
         future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
         try:
-            return future.result(timeout_s)
+            if borrowed:
+                future.add_done_callback(lambda _: self.wake())
+                try:
+                    self._run_here(future.done, timeout_s)
+                finally:
+                    self._give_back()
+                if not future.done():
+                    raise TimeoutError
+                return future.result()
+            try:
+                return future.result(timeout_s)
+            finally:
+                self._unwait()
         except TimeoutError:
             future.cancel()
+            self._queued()
             raise RequestTimeoutError(f"no answer within {timeout_s} s") from None
+
+    def _queued(self) -> None:
+        """Work was queued from outside the loop: make sure a thread will run it."""
+        if self._mode != _RUNNING:
+            with self._state:
+                if self._mode != _RUNNING:
+                    self._demand = True
+                    self._state.notify_all()
 
     def call_soon(self, callback: Callable[..., object], *args: object) -> None:
         """Schedule ``callback(*args)`` on the loop; a no-op once the loop is closed."""
         if not self._closed:
             with contextlib.suppress(RuntimeError):  # closed between the check and the call
                 self.loop.call_soon_threadsafe(callback, *args)
+            self._queued()
+
+    def spawn(self, coroutine: Coroutine[Any, Any, _T]) -> concurrent.futures.Future[_T]:
+        """Start ``coroutine`` on the loop without waiting for it."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        self._queued()
+        return future
 
     def close(self) -> None:
         """Cancel what still runs, stop the loop and join the thread (idempotent)."""
         if self._closed:
             return
         self._closed = True
+        with self._state:  # take the loop back from a borrower (they return within a poll)
+            self._want_park = False
+            self._demand = True
+            self._state.notify_all()
+            self._state.wait_for(lambda: self._mode == _RUNNING, 10)
 
         async def _cancel_rest() -> None:
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
@@ -249,6 +427,8 @@ class LoopThread:
             await self.loop.shutdown_asyncgens()
 
         asyncio.run_coroutine_threadsafe(_cancel_rest(), self.loop).result(10)
+        with self._state:
+            self._stopping = True
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()

@@ -440,7 +440,10 @@ class Consumer(_ConsumerCore, GroupConsumerMixin):
             request_timeout_ms=request_timeout_ms,
             tcp_address=tcp_address,
         )
-        self._thread = LoopThread("moldau-consumer")
+        # lent: a poll that waits runs the loop itself, so a push reaches it without a
+        # thread hand-off (see LoopThread)
+        self._thread = LoopThread("moldau-consumer", lend=True)
+        self._buffer.listeners.append(self._thread.wake)
         self._ungranted: dict[TopicPartition, tuple[int, int]] = {}  # tp -> (generation, bytes)
 
     def _grant(self, tp: TopicPartition, generation: int, size: int) -> None:
@@ -457,6 +460,11 @@ class Consumer(_ConsumerCore, GroupConsumerMixin):
             self._thread.call_soon(self._fetcher.consumed, tp, generation, total)
         else:
             self._ungranted[tp] = (generation, total)
+
+    def _wait(self, timeout_s: float) -> None:
+        buffer = self._buffer
+        self._thread.wait(lambda: self._closed or buffer.pending(), timeout_s, buffer.wait)
+        buffer.take_interrupt()
 
     def assign(self, partitions: Iterable[TopicPartitionLike]) -> None:
         """Read exactly these ``(topic, partition)`` pairs; new ones start per
@@ -502,7 +510,7 @@ class Consumer(_ConsumerCore, GroupConsumerMixin):
             remaining = deadline - time.monotonic()
             if records or remaining <= 0 or self._closed:
                 return records
-            self._buffer.wait(remaining)
+            self._wait(remaining)
 
     def poll_batches(self, timeout_ms: float = 1000, max_batches: int = 1000) -> list[FetchedBatch]:
         """Whole fetched batches (decoded lazily), for throughput; positions move past them."""
@@ -516,7 +524,7 @@ class Consumer(_ConsumerCore, GroupConsumerMixin):
             remaining = deadline - time.monotonic()
             if batches or remaining <= 0 or self._closed:
                 return batches
-            self._buffer.wait(remaining)
+            self._wait(remaining)
 
     def __iter__(self) -> Iterator[ConsumerRecord]:
         """Records forever (until :meth:`close`), polling as needed."""
