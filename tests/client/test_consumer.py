@@ -114,6 +114,50 @@ def test_consumer_waits_for_new_records(address: str, topic: str) -> None:
         assert time.monotonic() - started < 4
 
 
+def test_a_waiting_poll_reads_the_push_in_its_own_thread(
+    address: str, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The blocking consumer lends its event loop to a poll that waits: the push is read and
+    handed out by the polling thread, with no hand-off from the loop thread."""
+    put_by: list[int] = []
+    put = _fetcher.ChunkBuffer.put
+
+    def traced_put(self: _fetcher.ChunkBuffer, chunk: Chunk) -> None:
+        put_by.append(threading.get_ident())
+        put(self, chunk)
+
+    monkeypatch.setattr(_fetcher.ChunkBuffer, "put", traced_put)
+    with Consumer(address) as consumer:
+        consumer.assign([(topic, 0)])
+        for _ in range(40):  # empty polls until the loop is lent (the first waits the old way)
+            assert consumer.poll(timeout_ms=20) == []
+            if consumer._thread._mode == moldau._runtime._PARKED:
+                break
+        put_by.clear()
+        timer = threading.Timer(0.2, fill, (address, topic, 3))
+        timer.start()
+        records = consumer.poll(timeout_ms=5000)
+        timer.join()
+        assert [r.value for r in records] != []
+        assert put_by
+        assert set(put_by) == {threading.get_ident()}
+
+
+def test_close_from_another_thread_ends_a_waiting_poll(address: str, topic: str) -> None:
+    consumer = Consumer(address)
+    consumer.assign([(topic, 0)])
+    for _ in range(3):
+        consumer.poll(timeout_ms=20)  # the loop is lent to this thread now, or soon
+    closer = threading.Timer(0.3, consumer.close)
+    closer.start()
+    started = time.monotonic()
+    assert consumer.poll(timeout_ms=30_000) == []
+    assert time.monotonic() - started < 10
+    closer.join(15)
+    assert not closer.is_alive()
+    assert not consumer._thread._thread.is_alive()
+
+
 def test_async_consumer(address: str, topic: str) -> None:
     fill(address, topic, 20)
 
