@@ -230,3 +230,34 @@ def test_a_sync_call_from_inside_the_borrowed_loop_is_refused() -> None:
         assert "own loop thread" in str(errors[0])
     finally:
         thread.close()
+
+
+def test_a_thread_running_its_own_loop_waits_the_old_way() -> None:
+    """A blocking client called from async code (or a Jupyter cell) cannot run a second loop
+    in that thread: it must wait the old way, not fail."""
+    thread = LoopThread("test-lend", lend=True)
+
+    async def answer() -> str:
+        await asyncio.sleep(0.01)
+        return "ok"
+
+    async def from_async_code() -> tuple[str, int]:
+        ran: list[int] = []
+
+        def callback() -> None:
+            ran.append(threading.get_ident())
+            thread.wake()
+
+        thread.loop.call_soon_threadsafe(callback)
+        thread.wait(lambda: bool(ran), 5, lambda t: _until(lambda: bool(ran), t))
+        return thread.run(answer(), 5), ran[0]
+
+    try:
+        _lent(thread)
+        result, ran_on = asyncio.run(from_async_code())
+        assert result == "ok"
+        assert ran_on == thread._thread.ident
+        assert thread._mode == _runtime._RUNNING  # and it asked for no lending it cannot use
+        assert not thread._want_park
+    finally:
+        thread.close()

@@ -270,7 +270,13 @@ class LoopThread:
                 self.loop.stop()
 
     def _borrow(self) -> bool:
-        """Take the parked loop for the calling thread (under ``_state``)."""
+        """Take the parked loop for the calling thread (under ``_state``).
+
+        Never for a thread that runs an event loop of its own (a blocking client called from
+        async code, or in a Jupyter notebook): asyncio runs one loop per thread.
+        """
+        if asyncio._get_running_loop() is not None:
+            return False
         if self._mode != _PARKED or self._demand or self._closed:
             if self._lend and self._mode == _RUNNING and not self._closed:
                 self._want_park = True  # lend it next time: _park runs once no one waits
