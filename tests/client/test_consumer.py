@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import signal
 import struct
 import threading
 import time
@@ -156,6 +157,31 @@ def test_close_from_another_thread_ends_a_waiting_poll(address: str, topic: str)
     closer.join(15)
     assert not closer.is_alive()
     assert not consumer._thread._thread.is_alive()
+
+
+def test_close_from_a_signal_handler_during_a_waiting_poll(address: str, topic: str) -> None:
+    """A SIGTERM handler that closes the consumer runs inside the waiting poll, which runs the
+    event loop in this (the main) thread: the close completes as the poll returns."""
+    consumer = Consumer(address)
+    consumer.assign([(topic, 0)])
+    for _ in range(40):
+        consumer.poll(timeout_ms=20)
+        if consumer._thread._mode == moldau._runtime._PARKED:
+            break
+    assert consumer._thread._mode == moldau._runtime._PARKED
+    previous = signal.signal(signal.SIGALRM, lambda _signum, _frame: consumer.close())
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        started = time.monotonic()
+        assert consumer.poll(timeout_ms=30_000) == []
+        assert time.monotonic() - started < 10
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert consumer._closed
+    assert not consumer._thread._thread.is_alive()
+    with pytest.raises(moldau.ClientClosedError):
+        consumer.poll(timeout_ms=10)
 
 
 def test_async_consumer(address: str, topic: str) -> None:

@@ -227,7 +227,7 @@ def test_a_sync_call_from_inside_the_borrowed_loop_is_refused() -> None:
         thread.wait(lambda: bool(errors), 5, lambda t: _until(lambda: bool(errors), t))
         assert time.monotonic() - started < 4, "wake() did not end the wait"
         assert errors
-        assert "own loop thread" in str(errors[0])
+        assert "inside its own event loop" in str(errors[0])
     finally:
         thread.close()
 

@@ -318,12 +318,21 @@ class LoopThread:
                 if timer is not None:
                     timer.cancel()
 
-    def wake(self) -> None:
-        """End a borrower's :meth:`wait` early so it checks ``done()`` again (any thread)."""
+    def inside_loop(self) -> bool:
+        """Whether the calling thread is inside the loop it borrowed (a signal handler)."""
+        return self._borrower == threading.get_ident() and self.loop.is_running()
+
+    def wake(self, *, from_handler: bool = False) -> None:
+        """End a borrower's :meth:`wait` early so it checks ``done()`` again (any thread).
+
+        ``from_handler``: called from a signal handler, which can run while the borrowed loop
+        blocks in its selector; only a self-pipe write ends that block (a stop flag would be
+        seen when the selector next returns, perhaps at the poll's timeout).
+        """
         borrower = self._borrower
         if borrower is None:
             return
-        if borrower == threading.get_ident():
+        if borrower == threading.get_ident() and not from_handler:
             if self.loop.is_running():
                 self.loop.stop()
         else:  # no _queued(): left over after the borrower returns, it stops nothing
@@ -364,9 +373,15 @@ class LoopThread:
             coroutine.close()
             raise ClientClosedError("the client is closed")
         me = threading.get_ident()
-        if me == self._thread.ident or (me == self._borrower and self.loop.is_running()):
+        if me == self._thread.ident:
             coroutine.close()
             raise RuntimeError("a sync client was called from its own loop thread")
+        if self.inside_loop():
+            coroutine.close()
+            raise RuntimeError(
+                "a sync client was called from inside its own event loop (a signal handler "
+                "that interrupted poll(), or a loop callback); call it after poll() returns"
+            )
         with self._state:
             borrowed = self._borrow()
             if not borrowed:

@@ -443,6 +443,7 @@ class Consumer(_ConsumerCore, GroupConsumerMixin):
         # lent: a poll that waits runs the loop itself, so a push reaches it without a
         # thread hand-off (see LoopThread)
         self._thread = LoopThread("moldau-consumer", lend=True)
+        self._close_deferred = False
         self._buffer.listeners.append(self._thread.wake)
         self._ungranted: dict[TopicPartition, tuple[int, int]] = {}  # tp -> (generation, bytes)
 
@@ -463,8 +464,14 @@ class Consumer(_ConsumerCore, GroupConsumerMixin):
 
     def _wait(self, timeout_s: float) -> None:
         buffer = self._buffer
-        self._thread.wait(lambda: self._closed or buffer.pending(), timeout_s, buffer.wait)
+        self._thread.wait(
+            lambda: self._closed or self._close_deferred or buffer.pending(), timeout_s,
+            buffer.wait,
+        )
         buffer.take_interrupt()
+        if self._close_deferred:
+            self._close_deferred = False
+            self.close()
 
     def assign(self, partitions: Iterable[TopicPartitionLike]) -> None:
         """Read exactly these ``(topic, partition)`` pairs; new ones start per
@@ -535,6 +542,13 @@ class Consumer(_ConsumerCore, GroupConsumerMixin):
         """Leave the group if subscribed (on_revoke, then a commit if auto-commit is on), then
         stop fetching and close the connection."""
         if self._closed:
+            return
+        if self._thread.inside_loop():
+            # a signal handler that interrupted a waiting poll (which runs the loop in this
+            # thread): the loop cannot run again from inside itself, so that poll closes the
+            # consumer as soon as the handler returns, before it returns itself
+            self._close_deferred = True
+            self._thread.wake(from_handler=True)
             return
         try:
             if self._session is not None:
