@@ -184,6 +184,49 @@ def test_close_from_a_signal_handler_during_a_waiting_poll(address: str, topic: 
         consumer.poll(timeout_ms=10)
 
 
+def test_ctrl_c_during_a_waiting_poll_then_close(address: str, topic: str) -> None:
+    """KeyboardInterrupt raised inside the borrowed loop leaves poll(); the consumer then
+    goes on reading and closes cleanly, and a new one reads the same records."""
+    fill(address, topic, 2)
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    consumer = Consumer(address, auto_offset_reset="earliest")
+    consumer.assign([(topic, 0)])
+    got: list[bytes | None] = []
+    while len(got) < 2:
+        got += [r.value for r in consumer.poll(timeout_ms=5000)]
+    for _ in range(40):
+        assert consumer.poll(timeout_ms=20) == []
+        if consumer._thread._mode == moldau._runtime._PARKED:
+            break
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(KeyboardInterrupt):
+            consumer.poll(timeout_ms=30_000)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    fill(address, topic, 1)  # the same consumer goes on (a REPL after Ctrl-C)
+    deadline = time.monotonic() + 10
+    while len(got) < 3 and time.monotonic() < deadline:
+        got += [r.value for r in consumer.poll(timeout_ms=500)]
+    assert got == [b"0", b"1", b"0"]
+    started = time.monotonic()
+    consumer.close()
+    assert time.monotonic() - started < 10
+    assert not consumer._thread._thread.is_alive()
+    with Consumer(address, auto_offset_reset="earliest") as again:
+        again.assign([(topic, 0)])
+        values: list[bytes | None] = []
+        deadline = time.monotonic() + 10
+        while len(values) < 3 and time.monotonic() < deadline:
+            values += [r.value for r in again.poll(timeout_ms=500)]
+        assert values == [b"0", b"1", b"0"]
+
+
 def test_async_consumer(address: str, topic: str) -> None:
     fill(address, topic, 20)
 
