@@ -11,13 +11,18 @@ comparable across processes. Stages, per batch:
     append -> fsync start   (fsync topics) the hand-off to whoever fsyncs
     fsync                   the fdatasync itself
     fsync end -> push       until the push to the consumer is written (async: append -> push)
-    push -> client put      the consumer's loop thread has the chunk
-    put -> poll return      the polling thread has it
+    push -> client put      the chunk is in the client (read by the waiting poll's thread)
+    put -> poll return      ``poll_batches`` returns it
+
+``--detail`` adds broker steps inside the two broker stages (indented rows): the loop turn
+until the produce handler has the frame's bytes, its parse and flow control, planning until
+the write; then the write until the high watermark moves, the loop turn until the
+subscriber's read starts, the read, and the push's framing.
 
 The broker's hooks wrap private methods (``OsLogFile``, the TCP port's connection), so this
 is a measuring tool that may need updating when those move, not a test. Usage::
 
-    .venv/bin/python benchmarks/e2e_trace.py --durability fsync --seconds 10
+    .venv/bin/python benchmarks/e2e_trace.py --durability fsync --seconds 10 [--detail]
 """
 
 from __future__ import annotations
@@ -74,6 +79,8 @@ def broker_child(args: list[str]) -> int:
         trace["send"].append((now(), len(payload), id(self)))
         await send(self, call_id, kind, payload)
 
+    if os.environ.get("MOLDAU_E2E_TRACE_DETAIL") == "1":
+        _trace_detail(trace)
     fileio.OsLogFile.append = traced_append  # type: ignore[method-assign]
     fileio.OsLogFile.fsync = traced_fsync  # type: ignore[method-assign]
     tcp_port._Connection.data_received = traced_received  # type: ignore[method-assign]
@@ -83,6 +90,41 @@ def broker_child(args: list[str]) -> int:
     code = server.main()
     output.write_text(json.dumps(trace))
     return code
+
+
+def _trace_detail(trace: dict[str, list[Any]]) -> None:
+    """Stamps inside the broker's two stages (``--detail``)."""
+    from grpc_api import fetch, produce, runtime, tcp_port
+
+    now = time.perf_counter_ns
+    for name in ("request", "plan", "high_watermark", "read", "read_done"):
+        trace[name] = []
+    next_request, plan = tcp_port._Call.next_request, produce.ProduceServicer._plan
+    on_append, read_batches = runtime.Watch._on_append, fetch.read_batches
+
+    async def traced_next_request(self: Any) -> bytes | None:
+        data = await next_request(self)
+        trace["request"].append((now(), id(self.connection)))
+        return data
+
+    def traced_plan(self: Any, request: Any) -> Any:
+        trace["plan"].append(now())
+        return plan(self, request)
+
+    def traced_on_append(self: Any) -> None:
+        trace["high_watermark"].append(now())
+        on_append(self)
+
+    async def traced_read_batches(*args: Any) -> Any:
+        trace["read"].append(now())
+        result = await read_batches(*args)
+        trace["read_done"].append(now())
+        return result
+
+    tcp_port._Call.next_request = traced_next_request  # type: ignore[method-assign]
+    produce.ProduceServicer._plan = traced_plan  # type: ignore[method-assign]
+    runtime.Watch._on_append = traced_on_append  # type: ignore[method-assign]
+    fetch.read_batches = traced_read_batches  # type: ignore[assignment]
 
 
 def produce(address: str, tcp: str, batches: int, per_batch: int, start: Any,
@@ -153,6 +195,7 @@ def stages(trace: dict[str, Any], polled: dict[str, Any], warmup: int) -> dict[s
         counts[connection] = counts.get(connection, 0) + 1
     producer_on = max(counts, key=lambda c: counts[c])
     receipts = [t for t, c in trace["recv"] if c == producer_on]
+    requests = [t for t, c in trace.get("request", []) if c == producer_on]
     out: dict[str, list[int]] = {}
 
     def add(name: str, value: int) -> None:
@@ -176,16 +219,43 @@ def stages(trace: dict[str, Any], polled: dict[str, Any], warmup: int) -> dict[s
             continue
         add("send -> recv", recv - stamp)
         add("recv -> append", append - recv)
+        if "request" in trace:
+            _detail_produce(trace, requests, recv, append, add)
         if fsyncs:
             add("append -> fsync start", started - append)
             add("fsync", ended - started)
             add("fsync end -> push", push - ended)
         else:
             add("append -> push", push - append)
+        if "request" in trace:
+            _detail_push(trace, ready, push, add)
         add("push -> client put", put - push)
         add("put -> poll return", returned - put)
         add("total", returned - stamp)
     return out
+
+
+def _detail_produce(trace: dict[str, Any], requests: list[int], recv: int, append: int,
+                    add: Any) -> None:
+    request = _next(requests, recv)
+    plan = _next(trace["plan"], request) if request is not None else None
+    if request is None or plan is None or plan > append:
+        return
+    add("  recv -> the handler has the bytes", request - recv)
+    add("  -> parsed, flow control (plan starts)", plan - request)
+    add("  plan -> append", append - plan)
+
+
+def _detail_push(trace: dict[str, Any], ready: int, push: int, add: Any) -> None:
+    moved = _next(trace["high_watermark"], ready)
+    read = _next(trace["read"], moved) if moved is not None else None
+    read_done = _next(trace["read_done"], read) if read is not None else None
+    if moved is None or read is None or read_done is None or read_done > push:
+        return
+    add("  -> high watermark moves", moved - ready)
+    add("  -> the subscriber's read starts", read - moved)
+    add("  read", read_done - read)
+    add("  read done -> push", push - read_done)
 
 
 def main() -> int:
@@ -196,6 +266,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--records-per-batch", type=int, default=10)
     parser.add_argument("--warmup-batches", type=int, default=1000)
+    parser.add_argument("--detail", action="store_true",
+                        help="also time the steps inside the broker's two stages")
     parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                         help="another topic config, e.g. segment.preallocate.bytes=0")
     options = parser.parse_args()
@@ -209,6 +281,7 @@ def main() -> int:
          "--listen", "127.0.0.1:0", "--tcp-listen", "127.0.0.1:0",
          "--data-dir", str(work / "data")],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "MOLDAU_E2E_TRACE_DETAIL": "1" if options.detail else "0"},
     )
     try:
         assert broker.stdout is not None

@@ -42,3 +42,21 @@ def test_a_short_trace_times_every_stage(durability: str, stages: set[str]) -> N
     # each batch's stages add up to its total, so the medians cannot exceed it by much
     assert sum(p50 for name, (p50, _, _) in rows.items() if name != "total") \
         < 2 * rows["total"][0]
+
+
+def test_detail_splits_the_broker_stages() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "e2e_trace.py"), "--durability", "async",
+         "--seconds", "1.5", "--warmup-batches", "200", "--detail"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = _table(done.stdout)
+    produce_steps = ["recv -> the handler has the bytes", "-> parsed, flow control (plan starts)",
+                     "plan -> append"]
+    push_steps = ["-> high watermark moves", "-> the subscriber's read starts", "read",
+                  "read done -> push"]
+    assert set(produce_steps + push_steps) <= set(rows)
+    # the steps are parts of their stage: their medians add up to about the stage's
+    for stage, steps in (("recv -> append", produce_steps), ("append -> push", push_steps)):
+        assert sum(rows[step][0] for step in steps) < 2 * rows[stage][0] + 10
