@@ -261,3 +261,25 @@ def test_a_thread_running_its_own_loop_waits_the_old_way() -> None:
         assert not thread._want_park
     finally:
         thread.close()
+
+
+def test_a_wait_lets_the_requested_park_land_first() -> None:
+    """A poll called again at once must not become an old-style waiter while the park its
+    last wait requested is still queued: that waiter made the park decline, and under load
+    every poll went the old way (the loop was never lent)."""
+    thread = LoopThread("test-lend", lend=True)
+
+    def first_block(timeout_s: float) -> None:
+        time.sleep(timeout_s)
+        # keep the loop thread busy, so the _park queued as this wait ends lands late
+        thread.loop.call_soon_threadsafe(time.sleep, 0.05)
+
+    blocked: list[float] = []
+    try:
+        thread.wait(lambda: False, 0.01, first_block)
+        assert thread._mode == _runtime._RUNNING  # the park is still queued
+        thread.wait(lambda: False, 0.01, blocked.append)
+        assert blocked == [], "the second wait went the old way"
+        assert thread._mode == _runtime._PARKED
+    finally:
+        thread.close()

@@ -53,6 +53,8 @@ _RUNNING, _PARKED, _BORROWED = range(3)
 #: How long a lent loop may go unrun (its borrower busy between waits) before the loop thread
 #: takes it back: the longest a timer or heartbeat is late while the application is busy.
 _LEND_IDLE_S = 0.05
+#: The longest a waiter waits for a requested park to land before it waits the old way.
+_PARK_WAIT_S = 0.1
 
 _CHANNEL_OPTIONS = [
     # fetches and pushes carry up to the server's max_fetch_bytes (16 MiB by default)
@@ -229,6 +231,7 @@ class LoopThread:
         self._mode = _RUNNING
         self._borrower: int | None = None  # thread ident while _BORROWED
         self._want_park = False  # park once nobody waits the old way
+        self._park_pending = False  # a _park is queued on the loop: a waiter lets it land
         self._waiters = 0  # threads waiting the old way (on the loop thread's work)
         self._demand = False  # work was queued while the loop was not run by its thread
         self._stopping = False
@@ -243,6 +246,8 @@ class LoopThread:
         while True:
             self.loop.run_forever()
             with state:
+                self._park_pending = False
+                state.notify_all()  # whoever waits for the pending _park: it has landed
                 if self._stopping:
                     return
                 if not self._want_park or self._waiters:
@@ -267,7 +272,10 @@ class LoopThread:
         with self._state:
             if (self._mode == _RUNNING and self._want_park and not self._waiters
                     and not self._stopping):
-                self.loop.stop()
+                self.loop.stop()  # _main parks, clears _park_pending and notifies
+            else:
+                self._park_pending = False
+                self._state.notify_all()
 
     def _borrow(self) -> bool:
         """Take the parked loop for the calling thread (under ``_state``).
@@ -277,6 +285,11 @@ class LoopThread:
         """
         if asyncio._get_running_loop() is not None:
             return False
+        if self._park_pending and self._mode == _RUNNING and not self._closed:
+            # the last wait asked the loop thread to park; waiting the old way now would make
+            # that _park decline, and under load the next poll always came first (the loop
+            # was never lent). It lands within a wake-up of the loop thread.
+            self._state.wait_for(lambda: not self._park_pending, _PARK_WAIT_S)
         if self._mode != _PARKED or self._demand or self._closed:
             if self._lend and self._mode == _RUNNING and not self._closed:
                 self._want_park = True  # lend it next time: _park runs once no one waits
@@ -296,7 +309,10 @@ class LoopThread:
     def _unwait(self) -> None:
         with self._state:
             self._waiters -= 1
-            park = self._waiters == 0 and self._want_park and self._mode == _RUNNING
+            park = (self._waiters == 0 and self._want_park and self._mode == _RUNNING
+                    and not self._park_pending)
+            if park:
+                self._park_pending = True
         if park:  # no _queued(): _park is moot once the loop is parked (and often it is by then)
             with contextlib.suppress(RuntimeError):  # closed
                 self.loop.call_soon_threadsafe(self._park)
