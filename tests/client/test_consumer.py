@@ -30,6 +30,16 @@ def fill(address: str, topic: str, count: int, partition: int = 0, start_ts: int
                           timestamp=start_ts + i if start_ts else None)
 
 
+def poll_until_lent(consumer: Consumer) -> None:
+    """Empty polls until the consumer's loop is lent to this thread (the first poll waits the
+    old way and asks for it)."""
+    for _ in range(40):
+        assert consumer.poll(timeout_ms=20) == []
+        if consumer._thread._mode == moldau._runtime._PARKED:
+            return
+    raise AssertionError("the consumer's loop was never lent to the polling thread")
+
+
 def test_seeks_and_positions(address: str, topic: str) -> None:
     fill(address, topic, 100)
     tp = TopicPartition(topic, 0)
@@ -130,10 +140,7 @@ def test_a_waiting_poll_reads_the_push_in_its_own_thread(
     monkeypatch.setattr(_fetcher.ChunkBuffer, "put", traced_put)
     with Consumer(address) as consumer:
         consumer.assign([(topic, 0)])
-        for _ in range(40):  # empty polls until the loop is lent (the first waits the old way)
-            assert consumer.poll(timeout_ms=20) == []
-            if consumer._thread._mode == moldau._runtime._PARKED:
-                break
+        poll_until_lent(consumer)
         put_by.clear()
         timer = threading.Timer(0.2, fill, (address, topic, 3))
         timer.start()
@@ -164,11 +171,7 @@ def test_close_from_a_signal_handler_during_a_waiting_poll(address: str, topic: 
     event loop in this (the main) thread: the close completes as the poll returns."""
     consumer = Consumer(address)
     consumer.assign([(topic, 0)])
-    for _ in range(40):
-        consumer.poll(timeout_ms=20)
-        if consumer._thread._mode == moldau._runtime._PARKED:
-            break
-    assert consumer._thread._mode == moldau._runtime._PARKED
+    poll_until_lent(consumer)
     previous = signal.signal(signal.SIGALRM, lambda _signum, _frame: consumer.close())
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.3)
@@ -197,10 +200,7 @@ def test_ctrl_c_during_a_waiting_poll_then_close(address: str, topic: str) -> No
     got: list[bytes | None] = []
     while len(got) < 2:
         got += [r.value for r in consumer.poll(timeout_ms=5000)]
-    for _ in range(40):
-        assert consumer.poll(timeout_ms=20) == []
-        if consumer._thread._mode == moldau._runtime._PARKED:
-            break
+    poll_until_lent(consumer)
     previous = signal.signal(signal.SIGALRM, interrupt)
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.2)
