@@ -19,6 +19,7 @@ import moldau.testing
 from engine.records import encode_values
 from moldau import Consumer, Producer, TopicPartition, _fetcher
 from moldau._fetcher import Chunk
+from tests.client.lending import poll_until_lent
 from tests.client.lost_cancel import swallows_one_cancel
 
 
@@ -28,16 +29,6 @@ def fill(address: str, topic: str, count: int, partition: int = 0, start_ts: int
         for i in range(count):
             producer.send(topic, str(i).encode(), partition=partition,
                           timestamp=start_ts + i if start_ts else None)
-
-
-def poll_until_lent(consumer: Consumer) -> None:
-    """Empty polls until the consumer's loop is lent to this thread (the first poll waits the
-    old way and asks for it)."""
-    for _ in range(40):
-        assert consumer.poll(timeout_ms=20) == []
-        if consumer._thread._mode == moldau._runtime._PARKED:
-            return
-    raise AssertionError("the consumer's loop was never lent to the polling thread")
 
 
 def test_seeks_and_positions(address: str, topic: str) -> None:

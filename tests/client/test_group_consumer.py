@@ -11,7 +11,7 @@ from typing import Literal
 import grpc
 import pytest
 
-from moldau import AsyncConsumer, Consumer, Producer, TopicPartition, _runtime
+from moldau import AsyncConsumer, Consumer, Producer, TopicPartition
 from moldau._group import GroupMembership, GroupSettings
 from moldau.errors import (
     CommitFailedError,
@@ -20,6 +20,7 @@ from moldau.errors import (
     StaleGenerationError,
     error_from_status,
 )
+from tests.client.lending import poll_until_lent
 from tests.client.lost_cancel import swallows_one_cancel
 
 _groups = itertools.count()
@@ -474,12 +475,7 @@ def test_membership_holds_while_the_application_is_busy(
         session = consumer._session
         assert session is not None
         generation = session.generation
-        for _ in range(40):  # empty polls until the loop is lent to this thread (a commit
-            # spawned by auto-commit takes it back for a moment)
-            assert consumer.poll(timeout_ms=50) == []
-            if consumer._thread._mode == _runtime._PARKED:
-                break
-        assert consumer._thread._mode == _runtime._PARKED
+        poll_until_lent(consumer, poll_timeout_ms=50)
         time.sleep(2.5)  # the application busy for 2.5 sessions, not polling
         fill(address, topic, 2, 1)
         poll_until([consumer], lambda: len(seen) >= 12, sink=seen)
