@@ -524,10 +524,11 @@ def base_offset_flipped(
     started before, one of the two base offsets changed. ``header`` is the one when
     ``following`` starts exactly where it would after an exact ``expected``, or ``after``
     directly follows ``following`` (two batches agreeing against one). With no ``after`` to
-    ask, it is ``header`` when the log has no gaps but damaged ones (not ``compacted``),
-    unless ``following`` ends its segment and ``next_base`` (where the next segment, or the
-    log end, starts) says otherwise: without gaps the two meet, so ``following``'s offsets
-    are the changed ones when they do not.
+    ask, or one that agrees with neither (its base offset changed too), it is ``header`` when
+    the log has no gaps but damaged ones (not ``compacted``), unless ``following`` ends its
+    segment and ``next_base`` (where the next segment, or the log end, starts) says
+    otherwise: without gaps the two meet, so ``following``'s offsets are the changed ones
+    when they do not.
     """
     width = header.last_offset_delta + 1
     if (
@@ -539,7 +540,11 @@ def base_offset_flipped(
     if exact and following.base_offset == expected + width:
         return True
     if after is not None:
-        return after.base_offset == following.last_offset + 1
+        if after.base_offset == following.last_offset + 1:
+            return True
+        if after.base_offset == header.last_offset + 1 + following.last_offset_delta + 1:
+            return False  # ``after`` sides with ``header``: ``following`` changed
+        # ``after`` agrees with neither, its own base offset changed too: it has no vote
     if next_base is not None and next_base == following.last_offset + 1:
         return True
     return not compacted and next_base is None

@@ -882,3 +882,40 @@ def test_a_segment_end_lowered_into_a_gap_loses_the_batch_before_it_not_its_neig
         ("quarantined", lowered.header.size),
     ]
     reopened.close()
+
+
+def test_a_flipped_batch_after_the_intact_neighbour_has_no_vote(tmp_path: Path) -> None:
+    """Regression (MOLDAU_SEED=2377567020 trial 34): damage, a batch with its base offset
+    flipped upward, an intact batch, then another batch with its base offset flipped. The
+    third was asked whether the intact batch or the first flipped one had moved; agreeing
+    with neither, its "no" kept the flipped batch, and every batch after it was cut as a
+    torn tail. A batch that agrees with neither has no vote now."""
+    config = TopicConfig.from_dict({"segment.preallocate.bytes": 0})
+    log = PartitionLog.open(tmp_path / "p-0", config, clock=ManualClock())
+    for i in range(20):
+        log.append(encode_batch([NewRecord(b"%d" % i * 30)], timestamp=BASE_TIME_MS))
+    segment = log.segments()[-1]
+    items = list(segment.iter_headers(0))
+    damaged, flipped, intact, flipped_too = items[8:12]
+    log.abandon()
+    with segment.log.path.open("r+b") as f:
+        f.seek(damaged.position + damaged.header.size - 3)  # inside the records: the CRC sees it
+        byte = f.read(1)[0]
+        f.seek(damaged.position + damaged.header.size - 3)
+        f.write(bytes([byte ^ 1]))
+        for batch, bit in ((flipped, 1 << 24), (flipped_too, 1 << 22)):  # outside the CRC
+            f.seek(batch.position)
+            f.write((batch.header.base_offset ^ bit).to_bytes(8, "big"))
+    reopened = PartitionLog.open(tmp_path / "p-0", config, clock=ManualClock())
+    lost = {damaged.header.base_offset, flipped.header.base_offset,
+            flipped_too.header.base_offset}
+    served = [r.offset for r in decode_batches(reopened.read(0, 1 << 20).data)]
+    offset = served[-1] + 1
+    while offset < reopened.log_end_offset:  # past the holes the damage left
+        served += [r.offset for r in decode_batches(reopened.read(offset, 1 << 20).data)]
+        offset = max(served[-1] + 1, offset + 1)
+    assert [o for o in range(20) if o not in lost] == [o for o in served if o < 20]
+    assert intact.header.base_offset in served
+    assert reopened.log_end_offset == 20
+    assert "truncated" not in [e.kind for e in reopened.recovery.events]
+    reopened.close()
