@@ -245,6 +245,7 @@ class Damage:
     checkpoint: int | None = None  # the recovery point the damaged checkpoint holds, if valid
     time_prefix: bool = False  # a time index cut to whole entries (see _damage_index)
     zero_tail: bool = False  # appended garbage that is all zeros: "trimmed", not torn
+    zeros_before_cut: int = 0  # truncate: zero bytes just before the cut
 
     def touches(self, batch: Stored) -> bool:
         if batch.segment != self.segment:
@@ -301,6 +302,8 @@ def _damage_log_file(rng: random.Random, built: Built, kind: str) -> Damage:
         damage.detail = f"flipped bytes {spots} of segment {base}"
     elif kind == "truncate":
         cut = size - _pareto_length(rng, 0.6, size)
+        kept = path.read_bytes()[:cut]
+        damage.zeros_before_cut = len(kept) - len(kept.rstrip(b"\0"))
         damage.changed, damage.size_after = _rewrite(path, lambda d: d[:cut])
         damage.cut_from = cut
         damage.detail = f"segment {base} truncated from {size} to {cut} bytes"
@@ -638,7 +641,12 @@ class Checker:
             kept, at = [b for b in own if b.position < torn[0].position], torn[0].position
         else:
             kept, at = own, own[-1].position + own[-1].size
-        kind = "trimmed" if damage.zero_tail else "truncated"
+        # what is left of a cut batch may be zeros only (a base offset's high bytes): then it
+        # looks like preallocated space, and nothing that was whole is lost either way
+        zeros = damage.zero_tail or (
+            damage.kind == "truncate" and damage.cut_from is not None
+            and damage.cut_from - at <= damage.zeros_before_cut)
+        kind = "trimmed" if zeros else "truncated"
         expected = (kind, at, damage.size_after - at,
                     kept[-1].last_offset if kept else last - 1)
         events = [(e.kind, e.position, e.length, e.last_valid_offset)
