@@ -59,6 +59,7 @@ def broker_child(args: list[str]) -> int:
     now = time.perf_counter_ns
     append, fsync = fileio.OsLogFile.append, fileio.OsLogFile.fsync
     received, send = tcp_port._Connection.data_received, tcp_port._Connection.send
+    write_now = tcp_port._Connection.write_now
 
     def traced_append(self: Any, data: Any) -> int:
         if TOPIC in str(self.path):
@@ -79,12 +80,20 @@ def broker_child(args: list[str]) -> int:
         trace["send"].append((now(), len(payload), id(self)))
         await send(self, call_id, kind, payload)
 
+    def traced_write_now(self: Any, call_id: int, kind: int, payload: bytes) -> bool:
+        stamp = now()
+        written = write_now(self, call_id, kind, payload)
+        if written:
+            trace["send"].append((stamp, len(payload), id(self)))
+        return written
+
     if os.environ.get("MOLDAU_E2E_TRACE_DETAIL") == "1":
         _trace_detail(trace)
     fileio.OsLogFile.append = traced_append  # type: ignore[method-assign]
     fileio.OsLogFile.fsync = traced_fsync  # type: ignore[method-assign]
     tcp_port._Connection.data_received = traced_received  # type: ignore[method-assign]
     tcp_port._Connection.send = traced_send  # type: ignore[method-assign]
+    tcp_port._Connection.write_now = traced_write_now  # type: ignore[method-assign]
     output = Path(args.pop(0))
     sys.argv = ["moldau-trace-broker", *args]
     code = server.main()
@@ -94,13 +103,14 @@ def broker_child(args: list[str]) -> int:
 
 def _trace_detail(trace: dict[str, list[Any]]) -> None:
     """Stamps inside the broker's two stages (``--detail``)."""
-    from grpc_api import fetch, produce, runtime, tcp_port
+    from engine.log import partition_log
+    from grpc_api import produce, runtime, tcp_port
 
     now = time.perf_counter_ns
     for name in ("request", "plan", "high_watermark", "read", "read_done"):
         trace[name] = []
     next_request, plan = tcp_port._Call.next_request, produce.ProduceServicer._plan
-    on_append, read_batches = runtime.Watch._on_append, fetch.read_batches
+    on_append, read = runtime.Watch._on_append, partition_log.PartitionLog.read
 
     async def traced_next_request(self: Any) -> bytes | None:
         data = await next_request(self)
@@ -115,16 +125,18 @@ def _trace_detail(trace: dict[str, list[Any]]) -> None:
         trace["high_watermark"].append(now())
         on_append(self)
 
-    async def traced_read_batches(*args: Any) -> Any:
+    def traced_read(self: Any, offset: int, max_bytes: int) -> Any:
+        if TOPIC not in str(self.directory):
+            return read(self, offset, max_bytes)
         trace["read"].append(now())
-        result = await read_batches(*args)
+        result = read(self, offset, max_bytes)
         trace["read_done"].append(now())
         return result
 
     tcp_port._Call.next_request = traced_next_request  # type: ignore[method-assign]
     produce.ProduceServicer._plan = traced_plan  # type: ignore[method-assign]
     runtime.Watch._on_append = traced_on_append  # type: ignore[method-assign]
-    fetch.read_batches = traced_read_batches  # type: ignore[assignment]
+    partition_log.PartitionLog.read = traced_read  # type: ignore[method-assign]
 
 
 def produce(address: str, tcp: str, batches: int, per_batch: int, start: Any,

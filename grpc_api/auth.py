@@ -423,10 +423,14 @@ class _Gate:
 
         return checked
 
-    def _streamed(self, responses: AsyncIterator[Any], identity: Identity) -> AsyncIterator[Any]:
+    def _streamed(self, responses: AsyncIterator[Any], identity: Identity,
+                  context: Any) -> AsyncIterator[Any]:
         """The servicer's own response generator, wrapped only when a fetch quota paces it
-        (every layer of async generator costs on the hot path)."""
+        (every layer of async generator costs on the hot path). Paced responses must all
+        pass here, so the TCP port's direct writes (``write_now``) are turned off then."""
         if self._fetch and self._quotas is not None:
+            if hasattr(context, "direct_writes"):
+                context.direct_writes = False
             return self._paced(identity, responses)
         return responses
 
@@ -441,7 +445,7 @@ class _Gate:
                 await _abort(context, refusal, self._method)
             except NotReadyError as exc:
                 await context.abort(_S.UNAVAILABLE, str(exc))
-            async for response in self._streamed(behavior(request, context), identity):
+            async for response in self._streamed(behavior(request, context), identity, context):
                 yield response
 
         return checked
@@ -491,7 +495,7 @@ class _Gate:
             except _RefusalError as refusal:
                 await _abort(context, refusal, self._method)
             responses = behavior(self._requests(identity, requests, context), context)
-            async for response in self._streamed(responses, identity):
+            async for response in self._streamed(responses, identity, context):
                 yield response
 
         return checked

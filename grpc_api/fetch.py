@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -221,6 +221,10 @@ class FetchServicer:
         session = _Subscription(self._runtime, start.topic, start.partition, log, offset)
         session.credit = start.credit_bytes
         with self._runtime.watch(start.topic, log) as watch:
+            write_now = getattr(context, "write_now", None)
+            if write_now is not None and getattr(context, "direct_writes", False):
+                session.write_now = write_now
+                watch.direct = session.push_now
             credits = asyncio.create_task(session.read_credit(request_iterator, watch))
             try:
                 yield RawBatches(b"", log.high_watermark, log.log_start_offset, offset)
@@ -247,6 +251,35 @@ class _Subscription:
         self.credit = 0
         self.client_done = False
         self.error: Exception | None = None
+        #: Writes a response at once, False when the connection cannot take it now (the TCP
+        #: port's ``_Context.write_now``); None where responses only go through the stream.
+        self.write_now: Callable[[RawBatches], bool] | None = None
+
+    def push_now(self) -> bool:
+        """Event loop, while :meth:`next_push` waits: the next push, written in the appender's
+        turn (see :class:`~grpc_api.runtime.Watch`). True when the waiting task has nothing
+        to do; False to wake it (more to send, no credit left after a half-close, anything
+        unusual), which then runs the general path.
+        """
+        write_now = self.write_now
+        log = self.log
+        offset = self.offset
+        if (write_now is None or self.error is not None or self._runtime.closing
+                or self.credit <= 0 or log.high_watermark - offset > TAIL_READ_RECORDS):
+            return False
+        max_push = min(self._runtime.config.max_fetch_bytes, SUBSCRIBE_PUSH_BYTES,
+                       INLINE_READ_BYTES, self.credit)
+        result = log.read(offset, max_push)
+        end = batches_end_offset(result.data)
+        if end is None:
+            return False
+        next_offset = max(end, offset)
+        if not write_now(RawBatches(
+                result.data, result.high_watermark, result.log_start_offset, next_offset)):
+            return False
+        self.credit = max(0, self.credit - len(result.data))
+        self.offset = next_offset
+        return next_offset >= log.high_watermark and not (self.credit <= 0 and self.client_done)
 
     async def read_credit(
         self, request_iterator: AsyncIterator[fetch_pb2.SubscribeRequest], watch: Watch

@@ -179,7 +179,8 @@ class ProduceServicer(produce_pb2_grpc.ProduceServiceServicer):
                     lane = lanes.get(key)
                     if lane is None:
                         lane = lanes[key] = AppendLane(
-                            self._runtime.executor, self._runtime.loop_sync
+                            self._runtime.executor, self._runtime.loop_sync,
+                            self._runtime.run_direct,
                         )
                     inline = None
                     if part.batch is not None and len(part.batch) <= INLINE_APPEND_BYTES:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
 
 
 class Watch:
@@ -46,28 +48,60 @@ class Watch:
 
     Use inside ``with runtime.watch(topic, log) as watch:``. The pattern that loses no wake-up is
     clear, check, wait: :meth:`clear` first, then test the condition, then :meth:`wait`.
+
+    A waiter that can serve itself synchronously sets :attr:`direct`: while it waits, an append
+    calls it in the appender's own loop turn (:meth:`Runtime.run_direct`) instead of waking its
+    task, so a subscriber's push goes out before the rest of the produce path runs and without
+    a loop turn of its own (Redis serves a blocked reader in the writer's turn the same way).
+    It returns False, or raises, to be woken as usual.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, topic: str, log: PartitionLog) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, topic: str, log: PartitionLog,
+                 runtime: Runtime | None = None) -> None:
         self.topic = topic
         self.log = log
         self._loop = loop
         self._loop_thread = threading.get_ident()  # made on the loop thread (runtime.watch)
         self._event = asyncio.Event()
+        self._runtime = runtime
+        #: Serves the waiter in the appender's turn; True when nothing is left to wake it for.
+        self.direct: Callable[[], bool] | None = None
+        self._waiting = False
+        self._queued = False
 
     def _on_append(self) -> None:
         """Called on the appending thread; must be quick and must never raise into the engine.
 
         An append made on the loop thread itself (inline appends, see :class:`AppendLane`)
-        sets the event directly: no self-pipe write and no extra loop iteration.
+        sets the event directly: no self-pipe write and no extra loop iteration. A direct
+        waiter is queued instead, to be served once the append has returned (outside the
+        engine's locks).
         """
-        if self._event.is_set():
+        if self._event.is_set() or self._queued:
             return  # a wake-up is already pending; the waiter re-reads the high watermark
         if threading.get_ident() == self._loop_thread:
+            if self.direct is not None and self._waiting and self._runtime is not None:
+                self._queued = True
+                self._runtime.queue_direct(self)
+                return
             self._event.set()
             return
         with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
-            self._loop.call_soon_threadsafe(self._event.set)
+            self._loop.call_soon_threadsafe(self._serve)
+
+    def _serve(self) -> None:
+        """Event loop: serve a waiting direct waiter here, else wake the waiter's task."""
+        self._queued = False
+        if self._event.is_set():
+            return
+        direct = self.direct
+        if direct is not None and self._waiting:
+            try:
+                if direct():
+                    return
+            except Exception:  # the task meets the error again and owns its status
+                log.debug("a direct push failed; the waiter's task takes over", exc_info=True)
+        self._event.set()
 
     def wake(self) -> None:
         """Wake the waiter from the event loop thread (credit arrived, shutdown, deletion)."""
@@ -78,14 +112,18 @@ class Watch:
 
     async def wait(self, timeout_s: float | None = None) -> bool:
         """Wait for a wake-up; False if ``timeout_s`` passed first."""
-        if timeout_s is None:
-            await self._event.wait()
-            return True
+        self._waiting = True
         try:
-            await asyncio.wait_for(self._event.wait(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
+            if timeout_s is None:
+                await self._event.wait()
+                return True
+            try:
+                await asyncio.wait_for(self._event.wait(), timeout_s)
+            except TimeoutError:
+                return False
+            return True
+        finally:
+            self._waiting = False
 
 
 class DurableLog(Protocol):
@@ -169,9 +207,13 @@ class AppendLane:
     raises fails only its own future. Submit from the event loop thread only.
     """
 
-    def __init__(self, executor: Executor, loop_sync: LoopSyncBudget | None = None) -> None:
+    def __init__(self, executor: Executor, loop_sync: LoopSyncBudget | None = None,
+                 after_store: Callable[[], None] | None = None) -> None:
         self._executor = executor
         self._loop_sync = loop_sync
+        #: Called on the loop once an inline call's batch is visible to readers, before its
+        #: future settles (:meth:`Runtime.run_direct`: subscribers' pushes before the ack).
+        self._after_store = after_store
         self._loop = asyncio.get_running_loop()
         self._lock = threading.Lock()
         self._pending: list[tuple[AppendCall, asyncio.Future[AppendResult]]] = []
@@ -240,6 +282,8 @@ class AppendLane:
             self._release()
             return
         if durable:
+            if self._after_store is not None:
+                self._after_store()
             future.set_result(result)
             self._release()
             return
@@ -357,6 +401,7 @@ class Runtime:
         self._queues: QueueManager | None = None
         self._routing: tuple[ExchangeRegistry, Router] | None = None
         self._watches: set[Watch] = set()
+        self._direct: list[Watch] = []
         #: Called (on the event loop) when shutdown begins; long-lived calls that wait on
         #: something other than a partition register here to end promptly.
         self.shutdown_callbacks: set[Callable[[], None]] = set()
@@ -420,7 +465,7 @@ class Runtime:
     @contextlib.contextmanager
     def watch(self, topic: str, log: PartitionLog) -> Iterator[Watch]:
         """Register a :class:`Watch` on ``log`` for the duration of the block."""
-        watch = Watch(asyncio.get_running_loop(), topic, log)
+        watch = Watch(asyncio.get_running_loop(), topic, log, self)
         listener = watch._on_append
         log.add_listener(listener)
         self._watches.add(watch)
@@ -429,6 +474,23 @@ class Runtime:
         finally:
             self._watches.discard(watch)
             log.remove_listener(listener)
+
+    def queue_direct(self, watch: Watch) -> None:
+        """Event loop: serve ``watch`` at :meth:`run_direct`, at the latest in the next turn."""
+        self._direct.append(watch)
+        if len(self._direct) == 1:
+            asyncio.get_running_loop().call_soon(self.run_direct)
+
+    def run_direct(self) -> None:
+        """Event loop: serve the direct waiters an append queued. The append lane calls this
+        right after its inline store, before the producer's acknowledgement; the call_soon of
+        :meth:`queue_direct` covers every other appender on the loop thread."""
+        pending = self._direct
+        if not pending:
+            return
+        self._direct = []
+        for watch in pending:
+            watch._serve()
 
     def topic_deleted(self, topic: str) -> None:
         """Wake the readers of ``topic`` so they find out it is gone."""

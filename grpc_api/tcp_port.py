@@ -112,6 +112,9 @@ class _Context:
         self._peer = peer
         self._auth = auth
         self.status: tuple[int, str, tuple[tuple[str, str], ...]] | None = None
+        #: Whether a handler may bypass its response stream with :meth:`write_now`; a layer
+        #: that must see every response (a fetch quota's pacing) turns it off.
+        self.direct_writes = True
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self._metadata
@@ -130,6 +133,15 @@ class _Context:
     async def write(self, message: Any) -> None:
         await self._call.send_response(message)
 
+    def write_now(self, message: Any) -> bool:
+        """Write a response frame now, from any callback on the event loop; False (nothing
+        written) when the call is over or the connection is closed or must drain first.
+
+        For a handler whose response stream is idle (waiting for data): its ordering is
+        the handler's to keep. Not part of grpc's ServicerContext.
+        """
+        return self._call.write_now(message)
+
 
 class _Call:
     """One call on a connection: its request queue and the task running its handler."""
@@ -145,6 +157,11 @@ class _Call:
     async def send_response(self, message: Any) -> None:
         assert self.serializer is not None
         await self.connection.send(self.call_id, MESSAGE, self.serializer(message))
+
+    def write_now(self, message: Any) -> bool:
+        if self.finished or self.serializer is None:
+            return False
+        return self.connection.write_now(self.call_id, MESSAGE, self.serializer(message))
 
     async def next_request(self) -> bytes | None:
         item = await self.requests.get()
@@ -293,6 +310,13 @@ class _Connection(asyncio.Protocol):
         if self.closed or self._transport is None:
             raise ConnectionResetError("the client closed the connection")
         self._transport.write(frame(call_id, kind, payload))
+
+    def write_now(self, call_id: int, kind: int, payload: bytes) -> bool:
+        """:meth:`send` without waiting: False when the socket must drain first or is closed."""
+        if self.closed or self._transport is None or not self._writable.is_set():
+            return False
+        self._transport.write(frame(call_id, kind, payload))
+        return True
 
     def _send_status(self, call: _Call, code: int, message: str,
                      metadata: Sequence[tuple[str, str]] = ()) -> None:

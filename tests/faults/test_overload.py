@@ -593,6 +593,9 @@ class _StalledRuntime:
         self.executor = _NeverRuns()
         self.loop_sync = None  # no fsync on the loop: every append goes to the executor
 
+    def run_direct(self) -> None:
+        """No subscribers here."""
+
     def broker(self) -> object:
         return object()  # pre-encoded batches are planned without it
 

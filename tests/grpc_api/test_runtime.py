@@ -484,3 +484,160 @@ def test_a_failed_loop_fsync_fails_the_inline_call_and_the_lane_goes_on(
     assert isinstance(results[0], OSError)
     assert cast(AppendResult, results[1]).base_offset == 10
     assert log.wait_threads == ["MainThread", "MainThread"]
+
+
+# ---------------------------------------------------------------------------- direct waiters
+
+
+class Pusher:
+    """A direct waiter's ``direct``: records each call; answers ``answer`` (or raises)."""
+
+    def __init__(self, answer: bool | Exception = True) -> None:
+        self.answer = answer
+        self.calls = 0
+
+    def __call__(self) -> bool:
+        self.calls += 1
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+async def _waiting(watch: Any) -> asyncio.Task[bool]:
+    """A task waiting on ``watch``, started and parked in ``wait``."""
+    watch.clear()
+    task = asyncio.ensure_future(watch.wait(5.0))
+    await asyncio.sleep(0)
+    assert watch._waiting
+    return task
+
+
+def test_a_direct_waiter_is_served_in_the_appenders_turn_and_stays_asleep(
+    runtime: Runtime,
+) -> None:
+    """An append on the loop thread queues the waiter; run_direct (the append lane calls it
+    right after its store) serves it there: no loop turn, its task not woken."""
+    fake = FakeLog()
+    pusher = Pusher(True)
+
+    async def scenario() -> tuple[int, int, bool, bool]:
+        with runtime.watch("t", _log(fake)) as watch:
+            watch.direct = pusher
+            task = await _waiting(watch)
+            for listener in fake.listeners:
+                listener()  # an inline append on this thread
+            queued_calls = pusher.calls  # not yet: the engine may still hold its locks
+            runtime.run_direct()
+            served_calls = pusher.calls
+            await asyncio.sleep(0.01)
+            still_waiting = not task.done()
+            task.cancel()
+            return queued_calls, served_calls, still_waiting, watch._event.is_set()
+
+    assert asyncio.run(scenario()) == (0, 1, True, False)
+
+
+@pytest.mark.parametrize("answer", [False, RuntimeError("read failed")])
+def test_a_direct_waiter_that_declines_or_fails_is_woken(
+    runtime: Runtime, answer: bool | Exception
+) -> None:
+    fake = FakeLog()
+    pusher = Pusher(answer)
+
+    async def scenario() -> bool:
+        with runtime.watch("t", _log(fake)) as watch:
+            watch.direct = pusher
+            task = await _waiting(watch)
+            for listener in fake.listeners:
+                listener()
+            runtime.run_direct()
+            return await asyncio.wait_for(task, 1.0)
+
+    assert asyncio.run(scenario())
+    assert pusher.calls == 1
+
+
+def test_a_queued_direct_waiter_is_served_next_turn_without_run_direct(
+    runtime: Runtime,
+) -> None:
+    """An appender on the loop that never calls run_direct (not the append lane): the waiter
+    is still served, in the next loop turn, and only once for several appends."""
+    fake = FakeLog()
+    pusher = Pusher(True)
+
+    async def scenario() -> tuple[int, bool]:
+        with runtime.watch("t", _log(fake)) as watch:
+            watch.direct = pusher
+            task = await _waiting(watch)
+            for _ in range(3):
+                for listener in fake.listeners:
+                    listener()
+            await asyncio.sleep(0.01)
+            task.cancel()
+            return pusher.calls, watch._event.is_set()
+
+    assert asyncio.run(scenario()) == (1, False)
+
+
+def test_an_append_on_another_thread_serves_a_direct_waiter_on_the_loop(
+    runtime: Runtime,
+) -> None:
+    fake = FakeLog()
+    threads: list[str] = []
+
+    def pusher() -> bool:
+        threads.append(threading.current_thread().name)
+        return True
+
+    async def scenario() -> bool:
+        with runtime.watch("t", _log(fake)) as watch:
+            watch.direct = pusher
+            task = await _waiting(watch)
+            fake.append_from_thread().join()
+            for _ in range(100):
+                if threads:
+                    break
+                await asyncio.sleep(0.01)
+            task.cancel()
+            return watch._event.is_set()
+
+    assert asyncio.run(scenario()) is False
+    assert threads == ["MainThread"]
+
+
+def test_a_direct_waiter_not_waiting_is_woken_instead(runtime: Runtime) -> None:
+    """Between two waits (its task busy sending) a waiter is never served directly: that
+    would interleave with its own responses."""
+    fake = FakeLog()
+    pusher = Pusher(True)
+
+    async def scenario() -> bool:
+        with runtime.watch("t", _log(fake)) as watch:
+            watch.direct = pusher
+            watch.clear()
+            for listener in fake.listeners:
+                listener()
+            runtime.run_direct()
+            return watch._event.is_set()
+
+    assert asyncio.run(scenario())
+    assert pusher.calls == 0
+
+
+def test_an_inline_call_serves_direct_waiters_before_its_future_settles(
+    runtime: Runtime,
+) -> None:
+    """Subscribers' pushes go out before the producer's acknowledgement; a batch whose fsync
+    went to a worker is served from there instead (its listeners fire on that thread)."""
+    seen: list[bool] = []
+
+    async def scenario(log: FakeDurableLog, budget: LoopSyncBudget | None) -> None:
+        lane = AppendLane(runtime.executor, budget)
+        lane._after_store = lambda: seen.append(cast(Any, lane)._last.done())
+        await submit(lane, _appender(log, []), 0)
+
+    asyncio.run(scenario(FakeDurableLog(durable_on_append=True), None))  # async topic
+    asyncio.run(scenario(FakeDurableLog(), LoopSyncBudget()))  # fsync on the loop
+    assert seen == [False, False]
+    asyncio.run(scenario(FakeDurableLog(), None))  # fsync on a worker
+    assert seen == [False, False]

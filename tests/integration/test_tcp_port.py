@@ -571,3 +571,54 @@ def test_a_taken_tcp_port_is_a_clear_start_up_error(tmp_path: Path) -> None:
         )
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port} (tcp_listen)" in result.stderr
+
+
+def test_a_fetch_quota_paces_pushes_to_a_subscriber_at_the_tail(
+    start_server: StartServer,
+) -> None:
+    """A subscriber waiting at the tail gets its push in the producer's own loop turn, past
+    its response stream; the fetch quota's pacing sits on that stream, so a paced
+    subscription must never take that shortcut. Produced at 400 KiB/s, paced to 32 KiB/s."""
+    rate = 32 * 1024
+    server = start_server(env={"MOLDAU_QUOTA_FETCH_BYTES_PER_SEC": str(rate)},
+                          extra_args=["--tcp-listen", "127.0.0.1:0"])
+    topic = new_topic(server)
+    raw = Raw(server.tcp_address)
+    pushes: list[int] = []
+    try:
+        raw.open(1, SUBSCRIBE)
+        start = fetch_pb2.SubscribeStart(topic=topic, partition=0, offset=0,
+                                         credit_bytes=64 << 20)
+        raw.send(1, MESSAGE, fetch_pb2.SubscribeRequest(start=start).SerializeToString())
+        raw.read()  # the start's empty push: the subscription waits at the tail
+
+        def count() -> None:
+            raw.sock.settimeout(30)
+            try:
+                while True:
+                    call_id, kind, payload = raw.read()
+                    if call_id == 1 and kind == MESSAGE:
+                        push = fetch_pb2.SubscribeResponse.FromString(payload)
+                        pushes.append(len(push.record_batches))
+            except (OSError, EOFError):
+                return
+
+        reader = threading.Thread(target=count, daemon=True)
+        reader.start()
+        seconds = 2.0
+        with Producer(server.address, tcp_address=server.tcp_address,
+                      linger_ms=0) as producer:
+            began = time.monotonic()
+            for n in range(int(seconds * 100)):
+                time.sleep(max(0.0, began + n / 100 - time.monotonic()))
+                producer.send(topic, b"x" * 4096, partition=0)
+            producer.flush(30)
+            elapsed = time.monotonic() - began
+        sizes = list(pushes)
+    finally:
+        raw.close()
+    # a push is admitted while the principal is not in debt and then debited in full: the
+    # rate, one burst (a quarter second) and the largest push
+    allowed = rate * (elapsed + 0.25) + max(sizes, default=0)
+    assert 0 < sum(sizes) <= allowed, (
+        f"{sum(sizes)} bytes in {len(sizes)} pushes in {elapsed:.1f} s, quota {rate} B/s")
