@@ -39,6 +39,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,9 @@ def broker_child(args: list[str]) -> int:
     from engine.log import fileio
     from grpc_api import server, tcp_port
 
-    trace: dict[str, list[Any]] = {"append": [], "fsync": [], "recv": [], "send": []}
+    trace: dict[str, list[Any]] = {"append": [], "fsync": [], "recv": [], "send": [],
+                                   "fsync_on_loop": []}
+    loop_thread = threading.get_ident()  # server.main runs the event loop in this thread
     now = time.perf_counter_ns
     append, fsync = fileio.OsLogFile.append, fileio.OsLogFile.fsync
     received, send = tcp_port._Connection.data_received, tcp_port._Connection.send
@@ -71,6 +74,7 @@ def broker_child(args: list[str]) -> int:
         fsync(self)
         if TOPIC in str(self.path):
             trace["fsync"].append((started, now()))
+            trace["fsync_on_loop"].append(threading.get_ident() == loop_thread)
 
     def traced_received(self: Any, data: bytes) -> None:
         trace["recv"].append((now(), id(self)))
@@ -324,6 +328,10 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
     print(f"{options.durability} topic, {options.records_per_batch} records/ms, "
           f"{options.seconds:g} s, first {options.warmup_batches} batches left out")
+    on_loop = trace.get("fsync_on_loop", [])
+    if on_loop:
+        print(f"{sum(on_loop)} of {len(on_loop)} fsyncs ran on the event loop, the rest on "
+              "workers")
     print("| stage | p50 µs | p90 µs | p99 µs |")
     print("|---|---:|---:|---:|")
     for name, values in stages(trace, polled, options.warmup_batches).items():
