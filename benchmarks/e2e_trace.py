@@ -329,7 +329,7 @@ def main() -> int:
     print(f"{options.durability} topic, {options.records_per_batch} records/ms, "
           f"{options.seconds:g} s, first {options.warmup_batches} batches left out")
     on_loop = trace.get("fsync_on_loop", [])
-    if on_loop:
+    if on_loop and options.durability == "fsync":
         print(f"{sum(on_loop)} of {len(on_loop)} fsyncs ran on the event loop, the rest on "
               "workers")
     print("| stage | p50 µs | p90 µs | p99 µs |")

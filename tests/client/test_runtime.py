@@ -73,6 +73,31 @@ def test_a_waiter_runs_the_lent_loop_itself() -> None:
         thread.close()
 
 
+def test_a_waiter_busy_between_waits_gives_the_loop_back_to_its_thread() -> None:
+    """With ``busy_gap_s``: after a wait that followed longer work, the loop runs on its own
+    thread (reading while the caller works) and stays there while the caller keeps working
+    between waits; a caller that comes back to wait at once gets it lent again."""
+    thread = LoopThread("test-busy", lend=True, busy_gap_s=0.005)
+    try:
+        _lent(thread)
+        time.sleep(0.02)  # work (shorter than the 50 ms after which the thread takes it back)
+        assert _ran_on(thread) == threading.get_ident()  # still lent for this wait ...
+        _until(lambda: thread._mode == _runtime._RUNNING, 5)  # ... then back on its thread
+        for _ in range(3):
+            time.sleep(0.02)  # work again: the loop keeps running meanwhile, never parked
+            assert thread._mode == _runtime._RUNNING
+            assert _ran_on(thread) == thread._thread.ident
+        time.sleep(0.1)
+        assert thread._mode == _runtime._RUNNING  # no park was asked for
+        for _ in range(40):  # back at once after each wait: lent again
+            if _ran_on(thread) == threading.get_ident():
+                break
+        else:
+            raise AssertionError("the loop was never lent again")
+    finally:
+        thread.close()
+
+
 def test_without_lend_the_loop_stays_on_its_thread() -> None:
     thread = LoopThread("test-no-lend")
     try:

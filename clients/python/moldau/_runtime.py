@@ -55,6 +55,13 @@ _RUNNING, _PARKED, _BORROWED = range(3)
 _LEND_IDLE_S = 0.05
 #: The longest a waiter waits for a requested park to land before it waits the old way.
 _PARK_WAIT_S = 0.1
+#: The consumer's ``busy_gap_s``: a caller that worked longer than this between two waits
+#: gets the loop's thread back to run the loop after the second one, and asks for no park:
+#: while the caller works, a parked loop reads nothing and grants no credit, and a consumer
+#: reading 1 KiB records as fast as it could lost a fifth of its throughput to that. One that
+#: comes back to wait sooner (a consumer at the tail: tens of microseconds between polls)
+#: keeps the loop lent.
+BUSY_GAP_S = 0.0002
 
 _CHANNEL_OPTIONS = [
     # fetches and pushes carry up to the server's max_fetch_bytes (16 MiB by default)
@@ -218,15 +225,20 @@ class LoopThread:
     (:meth:`call_soon`, :meth:`spawn`, :meth:`run` while another thread holds it), when
     anyone waits the old way, on :meth:`close`, or once the loop has been left unrun for
     ``_LEND_IDLE_S`` (the application busy between polls: timers and heartbeats still run).
+    Lending pays off for a caller that comes back to wait soon. With ``busy_gap_s``, a wait
+    that followed longer work than that sends the loop back to its thread (and asks for no
+    park), so the loop reads and grants credit while the caller works.
 
     At any time exactly one thread runs the loop, or none while it is parked and not lent
     out; ``_state`` guards that. Thread-safety: :meth:`run`, :meth:`call_soon`,
     :meth:`spawn` and :meth:`wait` may be called from any thread.
     """
 
-    def __init__(self, name: str, *, lend: bool = False) -> None:
+    def __init__(self, name: str, *, lend: bool = False,
+                 busy_gap_s: float | None = None) -> None:
         self.loop = asyncio.new_event_loop()
         self._lend = lend
+        self._busy_gap_s = busy_gap_s
         self._state = threading.Condition(threading.Lock())
         self._mode = _RUNNING
         self._borrower: int | None = None  # thread ident while _BORROWED
@@ -236,6 +248,8 @@ class LoopThread:
         self._demand = False  # work was queued while the loop was not run by its thread
         self._stopping = False
         self._returned = 0.0  # monotonic time the last borrower gave the loop back
+        self._wait_ended: float | None = None  # monotonic time the last wait() ended
+        self._busy = False  # the caller worked longer than busy_gap_s before this wait
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._closed = False
         self._thread.start()
@@ -291,18 +305,24 @@ class LoopThread:
             # was never lent). It lands within a wake-up of the loop thread.
             self._state.wait_for(lambda: not self._park_pending, _PARK_WAIT_S)
         if self._mode != _PARKED or self._demand or self._closed:
-            if self._lend and self._mode == _RUNNING and not self._closed:
+            if self._lend and self._mode == _RUNNING and not self._closed and not self._busy:
                 self._want_park = True  # lend it next time: _park runs once no one waits
             return False
         self._mode = _BORROWED
         self._borrower = threading.get_ident()
         return True
 
-    def _give_back(self) -> None:
+    def _give_back(self, *, waited: bool = True) -> None:
+        """Park the loop again, or hand it to its thread after a :meth:`wait` (``waited``)
+        that followed busy work (see ``busy_gap_s``)."""
         with self._state:
             self._mode = _PARKED
             self._borrower = None
             self._returned = time.monotonic()
+            if waited:
+                self._wait_ended = self._returned
+                if self._busy:
+                    self._demand = True
             if self._demand or self._waiters:
                 self._state.notify_all()
 
@@ -369,6 +389,9 @@ class LoopThread:
         then call :meth:`wake`: a borrowed loop runs until it is stopped.
         """
         with self._state:
+            ended, gap = self._wait_ended, self._busy_gap_s
+            self._busy = (ended is not None and gap is not None
+                          and time.monotonic() - ended > gap)
             borrowed = self._borrow()
             if not borrowed:
                 self._waiters += 1
@@ -376,6 +399,7 @@ class LoopThread:
             try:
                 block(timeout_s)
             finally:
+                self._wait_ended = time.monotonic()
                 self._unwait()
             return
         try:
@@ -411,7 +435,7 @@ class LoopThread:
                 try:
                     self._run_here(future.done, timeout_s)
                 finally:
-                    self._give_back()
+                    self._give_back(waited=False)
                 if not future.done():
                     raise TimeoutError
                 return future.result()

@@ -33,7 +33,7 @@ from engine.records import (
 from moldau._fetcher import Chunk, ChunkBuffer, Fetcher
 from moldau._group_api import AsyncGroupConsumerMixin, GroupConsumerMixin
 from moldau._group_session import GroupSession, await_steps, run_steps
-from moldau._runtime import LoopThread, call, connection_error, resolve_server
+from moldau._runtime import BUSY_GAP_S, LoopThread, call, connection_error, resolve_server
 from moldau._types import ConsumerRecord, TopicPartition
 from moldau.admin import OffsetSpecLike, offset_spec
 from moldau.errors import ClientClosedError, CorruptRecordError, MoldauError
@@ -442,7 +442,7 @@ class Consumer(_ConsumerCore, GroupConsumerMixin):
         )
         # lent: a poll that waits runs the loop itself, so a push reaches it without a
         # thread hand-off (see LoopThread)
-        self._thread = LoopThread("moldau-consumer", lend=True)
+        self._thread = LoopThread("moldau-consumer", lend=True, busy_gap_s=BUSY_GAP_S)
         self._close_deferred = False
         self._buffer.listeners.append(self._thread.wake)
         self._ungranted: dict[TopicPartition, tuple[int, int]] = {}  # tp -> (generation, bytes)
