@@ -16,8 +16,9 @@ comparable across processes. Stages, per batch:
 
 ``--detail`` adds broker steps inside the two broker stages (indented rows): the loop turn
 until the produce handler has the frame's bytes, its parse and flow control, planning until
-the write; then the write until the high watermark moves, the loop turn until the
-subscriber's read starts, the read, and the push's framing.
+the write; then the write until the high watermark moves, until the subscriber's read
+starts (within the append's loop turn when the push is written directly), the read, and the
+push's framing. On an fsync topic it also says how many fsyncs ran on the event loop.
 
 The broker's hooks wrap private methods (``OsLogFile``, the TCP port's connection), so this
 is a measuring tool that may need updating when those move, not a test. Usage::
