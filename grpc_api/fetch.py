@@ -263,23 +263,32 @@ class _Subscription:
         """
         write_now = self.write_now
         log = self.log
-        offset = self.offset
         if (write_now is None or self.error is not None or self._runtime.closing
-                or self.credit <= 0 or log.high_watermark - offset > TAIL_READ_RECORDS):
+                or self.credit <= 0 or log.high_watermark - self.offset > TAIL_READ_RECORDS):
             return False
-        max_push = min(self._runtime.config.max_fetch_bytes, SUBSCRIBE_PUSH_BYTES,
-                       INLINE_READ_BYTES, self.credit)
-        result = log.read(offset, max_push)
+        # the tail read of read_batches: within TAIL_READ_RECORDS it is inline
+        push = self._push_of(log.read(self.offset, min(self._push_bytes(), INLINE_READ_BYTES)))
+        if push is None or not write_now(push):
+            return False
+        self._sent(push)
+        return self.offset >= log.high_watermark and not (self.credit <= 0 and self.client_done)
+
+    def _push_bytes(self) -> int:
+        """The most the next push may carry: the credit, and the push and fetch limits."""
+        return min(self.credit, self._runtime.config.max_fetch_bytes, SUBSCRIBE_PUSH_BYTES)
+
+    def _push_of(self, result: ReadResult) -> RawBatches | None:
+        """The push carrying ``result`` (whole batches from :attr:`offset`); None when empty."""
         end = batches_end_offset(result.data)
         if end is None:
-            return False
-        next_offset = max(end, offset)
-        if not write_now(RawBatches(
-                result.data, result.high_watermark, result.log_start_offset, next_offset)):
-            return False
-        self.credit = max(0, self.credit - len(result.data))
-        self.offset = next_offset
-        return next_offset >= log.high_watermark and not (self.credit <= 0 and self.client_done)
+            return None
+        return RawBatches(result.data, result.high_watermark, result.log_start_offset,
+                          max(end, self.offset))
+
+    def _sent(self, push: RawBatches) -> None:
+        """Move past ``push`` and spend its credit."""
+        self.credit = max(0, self.credit - len(push.record_batches))
+        self.offset = push.next_offset
 
     async def read_credit(
         self, request_iterator: AsyncIterator[fetch_pb2.SubscribeRequest], watch: Watch
@@ -302,7 +311,6 @@ class _Subscription:
 
     async def next_push(self, watch: Watch) -> RawBatches | None:
         """Wait until there is both credit and data, then read; None ends the call."""
-        max_push = min(self._runtime.config.max_fetch_bytes, SUBSCRIBE_PUSH_BYTES)
         while True:
             watch.clear()
             if self.error is not None:
@@ -315,16 +323,11 @@ class _Subscription:
             if self.credit <= 0 and self.client_done:
                 return None
             if self.credit > 0 and self.offset < self.log.high_watermark:
-                result = await read_batches(
-                    self._runtime, self.log, self.offset, min(self.credit, max_push)
-                )
-                end = batches_end_offset(result.data)
-                if end is not None:
-                    self.credit = max(0, self.credit - len(result.data))
-                    self.offset = max(end, self.offset)
-                    return RawBatches(
-                        result.data, result.high_watermark, result.log_start_offset, self.offset
-                    )
+                push = self._push_of(await read_batches(
+                    self._runtime, self.log, self.offset, self._push_bytes()))
+                if push is not None:
+                    self._sent(push)
+                    return push
             await watch.wait()
 
 

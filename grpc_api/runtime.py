@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -57,7 +58,7 @@ class Watch:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, topic: str, log: PartitionLog,
-                 runtime: Runtime | None = None) -> None:
+                 runtime: Runtime) -> None:
         self.topic = topic
         self.log = log
         self._loop = loop
@@ -80,7 +81,7 @@ class Watch:
         if self._event.is_set() or self._queued:
             return  # a wake-up is already pending; the waiter re-reads the high watermark
         if threading.get_ident() == self._loop_thread:
-            if self.direct is not None and self._waiting and self._runtime is not None:
+            if self.direct is not None and self._waiting:
                 self._queued = True
                 self._runtime.queue_direct(self)
                 return
@@ -177,15 +178,14 @@ class LoopSyncBudget:
         self._slow_backoff_s = slow_backoff_s
         self.clock = clock
         self._credit_s = burst_s
-        self._refilled_at: float | None = None
+        self._refilled_at = -math.inf  # the first refill fills the bucket
         self._slow_until = 0.0
         self._typical_s: float | None = None
 
     def _refill(self, now: float) -> None:
-        last = self._refilled_at
-        if last is not None and now > last:
-            self._credit_s = min(self._burst_s, self._credit_s + (now - last) * self._share)
-        if last is None or now > last:
+        if now > self._refilled_at:
+            elapsed = now - self._refilled_at
+            self._credit_s = min(self._burst_s, self._credit_s + elapsed * self._share)
             self._refilled_at = now
 
     def allows(self, now: float) -> bool:

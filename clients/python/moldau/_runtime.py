@@ -249,7 +249,6 @@ class LoopThread:
         self._stopping = False
         self._returned = 0.0  # monotonic time the last borrower gave the loop back
         self._wait_ended: float | None = None  # monotonic time the last wait() ended
-        self._busy = False  # the caller worked longer than busy_gap_s before this wait
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._closed = False
         self._thread.start()
@@ -291,8 +290,9 @@ class LoopThread:
                 self._park_pending = False
                 self._state.notify_all()
 
-    def _borrow(self) -> bool:
-        """Take the parked loop for the calling thread (under ``_state``).
+    def _borrow(self, *, park: bool = True) -> bool:
+        """Take the parked loop for the calling thread (under ``_state``); when it is not
+        parked, ``park`` asks for it to be lent next time.
 
         Never for a thread that runs an event loop of its own (a blocking client called from
         async code, or in a Jupyter notebook): asyncio runs one loop per thread.
@@ -305,24 +305,21 @@ class LoopThread:
             # was never lent). It lands within a wake-up of the loop thread.
             self._state.wait_for(lambda: not self._park_pending, _PARK_WAIT_S)
         if self._mode != _PARKED or self._demand or self._closed:
-            if self._lend and self._mode == _RUNNING and not self._closed and not self._busy:
+            if self._lend and self._mode == _RUNNING and not self._closed and park:
                 self._want_park = True  # lend it next time: _park runs once no one waits
             return False
         self._mode = _BORROWED
         self._borrower = threading.get_ident()
         return True
 
-    def _give_back(self, *, waited: bool = True) -> None:
-        """Park the loop again, or hand it to its thread after a :meth:`wait` (``waited``)
-        that followed busy work (see ``busy_gap_s``)."""
+    def _give_back(self, *, hand_over: bool = False) -> None:
+        """Park the loop again; ``hand_over``: its thread takes it back at once (a wait that
+        followed busy work, see ``busy_gap_s``)."""
         with self._state:
             self._mode = _PARKED
             self._borrower = None
             self._returned = time.monotonic()
-            if waited:
-                self._wait_ended = self._returned
-                if self._busy:
-                    self._demand = True
+            self._demand = self._demand or hand_over
             if self._demand or self._waiters:
                 self._state.notify_all()
 
@@ -388,24 +385,24 @@ class LoopThread:
         signal. Whatever makes ``done()`` true, a callback on the loop or another thread, must
         then call :meth:`wake`: a borrowed loop runs until it is stopped.
         """
+        ended, gap = self._wait_ended, self._busy_gap_s
+        busy = ended is not None and gap is not None and time.monotonic() - ended > gap
         with self._state:
-            ended, gap = self._wait_ended, self._busy_gap_s
-            self._busy = (ended is not None and gap is not None
-                          and time.monotonic() - ended > gap)
-            borrowed = self._borrow()
+            borrowed = self._borrow(park=not busy)
             if not borrowed:
                 self._waiters += 1
         if not borrowed:
             try:
                 block(timeout_s)
             finally:
-                self._wait_ended = time.monotonic()
                 self._unwait()
+                self._wait_ended = time.monotonic()
             return
         try:
             self._run_here(done, timeout_s)
         finally:
-            self._give_back()
+            self._give_back(hand_over=busy)
+            self._wait_ended = time.monotonic()
 
     def run(self, coroutine: Coroutine[Any, Any, _T], timeout_s: float | None = None) -> _T:
         """Run ``coroutine`` on the loop and wait for its result in the calling thread."""
@@ -435,7 +432,7 @@ class LoopThread:
                 try:
                     self._run_here(future.done, timeout_s)
                 finally:
-                    self._give_back(waited=False)
+                    self._give_back()
                 if not future.done():
                     raise TimeoutError
                 return future.result()
